@@ -1,0 +1,81 @@
+"""Quick-start demo: one chat prompt, speculative decoding beside plain decoding.
+
+    python -m jakiro.demo [--ea-model-path DIR] [--base-model-path DIR] [--prompt TEXT]
+
+With no paths it uses the embedded SmolLM2-135M-Instruct. Until a trained SmolLM2 head ships with
+the package, the default draft head is freshly initialised: the output is still exactly the base
+model's, but almost no draft token is accepted (tau close to 1), so expect no speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model-path", "--base_model_path", default=None)
+    parser.add_argument("--ea-model-path", "--ea_model_path", default=None)
+    parser.add_argument("--prompt", default="What is the capital of France? Answer in two sentences.")
+    parser.add_argument("--max-new-tokens", "--max_new_token", type=int, default=64)
+    parser.add_argument("--total-token", "--total_token", type=int, default=12)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--top-k", "--top_k", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    return parser.parse_args(argv)
+
+
+def load(args: argparse.Namespace):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .embedded import smollm2_path
+    from .model.configs import EConfig
+    from .model.ea_model import EaModel, build_head
+
+    dtype = getattr(torch, args.dtype)
+    tree = dict(total_token=args.total_token, depth=args.depth, top_k=args.top_k)
+    base_path = args.base_model_path or smollm2_path()
+    if args.ea_model_path:
+        return EaModel.from_pretrained(base_path, args.ea_model_path, dtype=dtype, **tree)
+    print("note: no draft head given; using a freshly initialised Jakiro head (lossless, but expect tau ~ 1)")
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).eval()
+    torch.manual_seed(0)
+    head = build_head(EConfig.from_base_config(base.config), base)
+    return EaModel(base, head, AutoTokenizer.from_pretrained(base_path), **tree)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load(args)
+    tokenizer = model.tokenizer
+    messages = [{"role": "user", "content": args.prompt}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    settings = dict(temperature=args.temperature, max_new_tokens=args.max_new_tokens, log=True)
+    model.eagenerate(ids, **{**settings, "max_new_tokens": 4})  # warm-up
+    (spec, new, idx), spec_time = timed(lambda: model.eagenerate(ids, **settings))
+    (plain, plain_new, _), plain_time = timed(lambda: model.naivegenerate(ids, **settings))
+    text = tokenizer.decode(spec[0, ids.shape[1] :], skip_special_tokens=True)
+    print(f"\nprompt: {args.prompt}\nanswer: {text.strip()}\n")
+    steps = idx + 1
+    print(f"speculative: {new} tokens in {steps} verification steps, tau = {new / max(steps, 1):.2f}, "
+          f"{new / spec_time:.1f} tokens/s")
+    print(f"plain      : {plain_new} tokens, {plain_new / plain_time:.1f} tokens/s")
+    same = "identical" if args.temperature == 0 and torch.equal(spec, plain) else "not compared (sampling)"
+    if args.temperature == 0 and not torch.equal(spec, plain):
+        same = "DIFFERENT"
+    print(f"speed-up {plain_time / spec_time * new / max(plain_new, 1):.2f}x; outputs {same}")
+
+
+if __name__ == "__main__":
+    main()

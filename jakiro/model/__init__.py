@@ -1,0 +1,1 @@
+"""Draft head, tree drafting, verification, KV cache and the ``EaModel`` wrapper."""

@@ -1,0 +1,327 @@
+"""The Jakiro draft head: ``fc`` over [token embedding ; base feature], one decoder layer, MoE MLP.
+
+Parameter names follow the released checkpoints (``fc``, ``layers.0.self_attn.*``,
+``layers.0.post_attention_layernorm``, ``layers.0.mlp_moe.{gate,experts.*}``). A config without
+``num_local_experts`` gives the dense EAGLE-2 head (``layers.0.mlp.*`` with the base model's
+intermediate width), so the same code loads EAGLE-2 checkpoints.
+
+The head owns no embedding weights and no LM head: both are the base model's, passed in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import EConfig
+from .kv_cache import KVCacheLayer
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class RMSNorm(nn.Module):
+    """LLaMA RMSNorm, computed in float32."""
+
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding with optional linear or dynamic-NTK scaling."""
+
+    def __init__(self, config: EConfig) -> None:
+        super().__init__()
+        self.dim = config.head_dim
+        self.base = float(config.rope_theta or 10000.0)
+        self.max_positions = config.max_position_embeddings
+        scaling = config.rope_scaling or {}
+        self.kind = scaling.get("type", scaling.get("rope_type", "default"))
+        self.factor = float(scaling.get("factor", 1.0))
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        base, positions = self.base, position_ids.float()
+        if self.kind == "linear":
+            positions = positions / self.factor
+        elif self.kind == "dynamic":
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > self.max_positions:
+                ratio = self.factor * seq_len / self.max_positions - (self.factor - 1)
+                base = base * ratio ** (self.dim / (self.dim - 2))
+        inv_freq = 1.0 / (base ** (torch.arange(0, self.dim, 2, device=position_ids.device).float() / self.dim))
+        freqs = positions[..., None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` of shape [B, heads, S, D] with cos/sin of shape [B, S, D]."""
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads and an additive mask."""
+
+    def __init__(self, config: EConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        qkv_bias = bool(config.qkv_bias)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        cache: KVCacheLayer | None,
+    ) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU MLP ``down(act(gate(x)) * up(x))`` with a configurable inner width."""
+
+    def __init__(self, hidden_size: int, inner_size: int, act: str = "silu") -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, inner_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, inner_size, bias=False)
+        self.down_proj = nn.Linear(inner_size, hidden_size, bias=False)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MixtralSparseMoeBlock(nn.Module):
+    """Jakiro's decoupled two-expert block.
+
+    The gate has ``num_local_experts + 2`` outputs: logits 0-1 weight the MoE sum
+    ``w0*E0 + w1*E1``; logits 2-3 weight the contrastive difference
+    ``u_hi*E_hi - u_lo*E_lo``, where "hi" is the expert with the larger of logits 2/3.
+    Experts are SwiGLU MLPs whose inner width is the hidden size (not ``intermediate_size``).
+
+    ``forward(h, both_branches)`` returns the MoE output ``[B,S,H]``, or ``[2,B,S,H]`` stacked
+    (MoE, contrastive) when ``both_branches`` is true. It defaults to ``self.training``: training
+    always needs both branches, drafting needs the second one only on the penultimate step.
+    """
+
+    def __init__(self, config: EConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate = nn.Linear(config.hidden_size, self.num_experts + 2, bias=False)
+        self.experts = nn.ModuleList(
+            LlamaMLP(config.hidden_size, config.hidden_size, config.hidden_act) for _ in range(self.num_experts)
+        )
+
+    def forward(self, h: torch.Tensor, both_branches: bool | None = None) -> torch.Tensor:
+        if both_branches is None:
+            both_branches = self.training
+        logits = self.gate(h).float()
+        e0, e1 = self.experts[0](h), self.experts[1](h)
+        w = logits[..., 0:2].softmax(-1).to(h.dtype)
+        moe = w[..., 0:1] * e0 + w[..., 1:2] * e1
+        if not both_branches:
+            return moe
+        u = logits[..., 2:4].softmax(-1).to(h.dtype)
+        sign = torch.where(logits[..., 2:3] > logits[..., 3:4], 1.0, -1.0).to(h.dtype)
+        contrastive = sign * (u[..., 0:1] * e0 - u[..., 1:2] * e1)
+        return torch.stack([moe, contrastive])
+
+
+class MixtralSparseMoeBlock_train(MixtralSparseMoeBlock):  # noqa: N801 (reference name)
+    """The same block and parameters, always returning both branches (the training form)."""
+
+    def forward(self, h: torch.Tensor, both_branches: bool | None = None) -> torch.Tensor:
+        return super().forward(h, both_branches=True)
+
+
+class DecoderLayer(nn.Module):
+    """One LLaMA decoder layer; layer 0 has no input norm (its input is ``fc``'s output)."""
+
+    def __init__(self, config: EConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.self_attn = Attention(config)
+        if index != 0:
+            self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if config.is_moe:
+            self.mlp_moe = MixtralSparseMoeBlock(config)
+        else:
+            self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(self, x, cos_sin, mask, cache, both_branches: bool) -> torch.Tensor:
+        attn_in = self.input_layernorm(x) if self.index != 0 else x
+        x = x + self.self_attn(attn_in, cos_sin, mask, cache)
+        h = self.post_attention_layernorm(x)
+        if hasattr(self, "mlp_moe"):
+            return x + self.mlp_moe(h, both_branches=both_branches)
+        return x + self.mlp(h)
+
+
+class Model(nn.Module):
+    """The draft head (``EaModel.ea_layer``).
+
+    ``forward(hidden_states, input_ids)`` pairs the base feature at position p with the token at
+    position p+1 and predicts the base feature at p+1. In training mode (or with
+    ``penult_forward=True`` on a MoE head) it returns ``[2,B,S,H]`` (MoE, contrastive branch);
+    otherwise ``[B,S,H]``.
+    """
+
+    def __init__(self, config: EConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False
+        if embed_tokens is None:
+            embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+            embed_tokens.weight.requires_grad_(False)
+        self.set_embedding(embed_tokens)
+        self.fc = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=bool(config.bias))
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.rotary = RotaryEmbedding(config)
+        self.kv_cache: list[KVCacheLayer] | None = None
+        # Drafting settings, set by EaModel.from_pretrained.
+        self.total_tokens, self.depth, self.top_k, self.threshold = 59, 5, 10, 1.0
+        self.hybrid_last_level = config.is_moe
+
+    def set_embedding(self, embed_tokens: nn.Embedding) -> None:
+        """Use ``embed_tokens`` (normally the base model's, frozen) without registering it as a submodule,
+        so it is neither saved in ``state_dict`` nor moved or cast with the head."""
+        object.__setattr__(self, "embed_tokens", embed_tokens)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.config.is_moe
+
+    def reset_kv(self, capacity: int) -> None:
+        """Start a new sequence; the draft cache holds up to ``capacity`` positions."""
+        if self.kv_cache is None or self.kv_cache[0].capacity < capacity:
+            self.kv_cache = [KVCacheLayer(capacity) for _ in self.layers]
+        for layer in self.kv_cache:
+            layer.reset()
+
+    @property
+    def kv_length(self) -> int:
+        return self.kv_cache[0].length if self.kv_cache else 0
+
+    def set_kv_length(self, length: int) -> None:
+        for layer in self.kv_cache or []:
+            layer.length = length
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        penult_forward: bool = False,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Run the head.
+
+        ``attention_mask``: additive float mask ``[B or 1, 1, S, past+S]``; default causal.
+        ``use_cache``: append to ``self.kv_cache`` (inference). ``last_only``: compute the MLP for the
+        last position only (the first drafting forward needs nothing else).
+        """
+        batch, length = input_ids.shape
+        past = self.kv_length if use_cache else 0
+        with torch.no_grad():
+            embeds = self.embed_tokens(input_ids).to(hidden_states.dtype)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + length, device=input_ids.device)[None].expand(batch, -1)
+        if attention_mask is None and length > 1:
+            attention_mask = causal_mask(length, past, hidden_states.dtype, hidden_states.device)
+        cos_sin = self.rotary(position_ids, hidden_states.dtype)
+        x = self.fc(torch.cat((embeds, hidden_states), dim=-1))
+        both = self.training or (penult_forward and self.is_moe)
+        for i, layer in enumerate(self.layers):
+            cache = self.kv_cache[i] if use_cache else None
+            last_layer = i == len(self.layers) - 1
+            if last_only and last_layer:
+                x = _last_position_layer(layer, x, cos_sin, attention_mask, cache, both)
+            elif self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos_sin, attention_mask, cache, both, use_reentrant=False)
+            else:
+                x = layer(x, cos_sin, attention_mask, cache, both)
+        return x
+
+    def draft_logits(self, features: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Next-token log-probabilities from draft features (float32)."""
+        return torch.log_softmax(lm_head(features).float(), dim=-1)
+
+    @torch.no_grad()
+    def topK_genrate(self, hidden_states, input_ids, head, logits_processor=None):  # noqa: N802 (reference name)
+        """Draft a token tree after ``input_ids`` (whose last token is the tree root); see ``draft_tree``."""
+        from .draft_tree import grow_tree
+
+        return grow_tree(self, hidden_states, input_ids, head)
+
+
+def _last_position_layer(layer: DecoderLayer, x, cos_sin, mask, cache, both) -> torch.Tensor:
+    """Run ``layer`` with attention over all positions but the MLP on the last position only."""
+    attn_in = layer.input_layernorm(x) if layer.index != 0 else x
+    x = x + layer.self_attn(attn_in, cos_sin, mask, cache)
+    x = x[:, -1:]
+    h = layer.post_attention_layernorm(x)
+    if hasattr(layer, "mlp_moe"):
+        return x + layer.mlp_moe(h, both_branches=both)
+    return x + layer.mlp(h)
+
+
+def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive mask ``[1,1,length,past+length]``: every query sees the past and earlier new positions."""
+    allowed = torch.ones(length, past + length, dtype=torch.bool, device=device).tril(diagonal=past)
+    return additive_mask(allowed, dtype)[None, None]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Turn a boolean "may attend" matrix into an additive float mask (0 or the dtype's minimum)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "EConfig",
+    "Model",
+    "MixtralSparseMoeBlock",
+    "MixtralSparseMoeBlock_train",
+    "LlamaMLP",
+    "causal_mask",
+    "additive_mask",
+    "count_parameters",
+]

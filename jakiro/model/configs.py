@@ -1,0 +1,149 @@
+"""Configuration of a draft head (``config.json`` next to the draft weights).
+
+The file format is the one the Jakiro and EAGLE authors publish: a LLaMA-style config of the
+*base* model (hidden size, heads, vocabulary, rope) plus ``num_local_experts`` /
+``num_experts_per_tok`` for a Mixture-of-Experts head. A config without ``num_local_experts``
+describes a dense EAGLE-2 head.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 32,
+    "num_key_value_heads": None,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "pad_token_id": None,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "qkv_bias": False,
+    "bias": True,
+    "num_local_experts": None,
+    "num_experts_per_tok": None,
+}
+
+
+class EConfig:
+    """Draft-head configuration. Unknown keys in the JSON are kept as attributes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = {**_DEFAULTS, **kwargs}
+        if values["num_key_value_heads"] is None:
+            values["num_key_value_heads"] = values["num_attention_heads"]
+        if values.get("head_dim") is None:
+            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.validate()
+
+    @property
+    def is_moe(self) -> bool:
+        """True for a Jakiro (Mixture-of-Experts) head, False for a dense EAGLE-2 head."""
+        return bool(self.num_local_experts)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size", "intermediate_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"draft config: {key} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"draft config: num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.is_moe and self.num_local_experts != 2:
+            raise ValueError(
+                f"draft config: num_local_experts={self.num_local_experts}; the Jakiro head is defined for exactly "
+                "2 experts (MoE weights from gate logits 0-1, contrastive weights from logits 2-3)"
+            )
+        if self.is_moe and self.num_experts_per_tok is None:
+            raise ValueError("draft config: a MoE head needs num_experts_per_tok next to num_local_experts")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
+            factor = self.rope_scaling.get("factor")
+            if kind not in ("linear", "dynamic", "default") or (kind != "default" and not factor):
+                raise ValueError(
+                    f"draft config: rope_scaling must be null or {{'type': 'linear'|'dynamic', 'factor': float}}, "
+                    f"got {self.rope_scaling!r}"
+                )
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "EConfig":
+        """Read a ``config.json`` file, or the ``config.json`` inside a folder."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"draft config not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"draft config {path} is not valid JSON: {e}") from None
+        # Configs saved by transformers 5 carry rope_theta inside rope_parameters.
+        rope_parameters = data.pop("rope_parameters", None) or {}
+        if "rope_theta" not in data and "rope_theta" in rope_parameters:
+            data["rope_theta"] = rope_parameters["rope_theta"]
+        return cls(**data)
+
+    @classmethod
+    def from_base_config(cls, base_config: Any, moe: bool = True, **overrides: Any) -> "EConfig":
+        """Build a draft config that fits a transformers base-model config."""
+        text = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+        rope = getattr(text, "rope_parameters", None) or {}
+        values = {
+            "vocab_size": text.vocab_size,
+            "hidden_size": text.hidden_size,
+            "intermediate_size": text.intermediate_size,
+            "num_attention_heads": text.num_attention_heads,
+            "num_key_value_heads": getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+            "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+            "hidden_act": getattr(text, "hidden_act", "silu"),
+            "max_position_embeddings": text.max_position_embeddings,
+            "rms_norm_eps": getattr(text, "rms_norm_eps", 1e-6),
+            "pad_token_id": getattr(text, "pad_token_id", None),
+            "bos_token_id": getattr(text, "bos_token_id", None),
+            "eos_token_id": getattr(text, "eos_token_id", None),
+            "rope_theta": float(rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))),
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+        }
+        if moe:
+            values.update(num_local_experts=2, num_experts_per_tok=2)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, JSON-serialisable."""
+        data = copy.deepcopy(vars(self))
+        if not self.is_moe:
+            data.pop("num_local_experts", None)
+            data.pop("num_experts_per_tok", None)
+        return data
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write ``folder/config.json`` atomically."""
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, CONFIG_NAME)
+        tmp = target + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, target)
+
+    def __repr__(self) -> str:
+        return f"EConfig({json.dumps(self.to_dict(), sort_keys=True)})"

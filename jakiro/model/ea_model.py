@@ -1,0 +1,444 @@
+"""``EaModel``: an unmodified transformers causal LM plus a Jakiro draft head.
+
+One speculative step: the draft head grows a token tree after the current root token; the base
+model scores the whole tree in one forward pass (4D tree attention mask, explicit positions);
+the verifier accepts a root-to-leaf path and picks the next token; the cache keeps only the
+accepted path. Greedy output equals plain greedy decoding; sampled output has the same
+distribution as plain sampling.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import EMBEDDING_KEY, check_fits_base, check_state_dict, read_state_dict, resolve_draft_folder
+from .cnets import Model, additive_mask
+from .configs import EConfig
+from .draft_tree import DraftTree
+from .kv_cache import KVCache
+from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
+
+TREE_SIZE_CANDIDATES = (8, 12, 16, 24, 32, 40, 48, 60)
+
+
+class EaModel(nn.Module):
+    """Speculative decoding wrapper: ``base_model`` (transformers), ``ea_layer`` (draft head), ``tokenizer``."""
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        ea_layer: Model,
+        tokenizer: Any = None,
+        total_token: int = 60,
+        depth: int = 5,
+        top_k: int = 10,
+        threshold: float = 1.0,
+    ) -> None:
+        super().__init__()
+        attn = getattr(base_model.config, "_attn_implementation", None)
+        if attn is not None and "flash" in attn:
+            raise ValueError(
+                f"attn_implementation={attn!r} cannot apply a tree attention mask; load the base model with "
+                "attn_implementation='sdpa' or 'eager'"
+            )
+        layer_types = getattr(base_model.config.get_text_config(), "layer_types", None) or []
+        if any(t != "full_attention" for t in layer_types):
+            raise ValueError(f"base model has non-full-attention layers {sorted(set(layer_types))}; not supported yet")
+        check_fits_base(ea_layer.config, base_model)
+        self.base_model = base_model
+        self.ea_layer = ea_layer
+        self.tokenizer = tokenizer
+        self.cache: KVCache | None = None
+        forward_args = inspect.signature(base_model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in forward_args
+        self.set_tree(total_token=total_token, depth=depth, top_k=top_k, threshold=threshold)
+        self.eval()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model_path: str | None = None,
+        ea_model_path: str | None = None,
+        total_token: int = 60,
+        depth: int = 5,
+        top_k: int = 10,
+        threshold: float = 1.0,
+        **hf_kwargs: Any,
+    ) -> "EaModel":
+        """Load a transformers base model and a draft head folder (``config.json`` + weights).
+
+        ``ea_model_path`` may be a local folder or a hub repo id. ``hf_kwargs`` go to
+        ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``/``dtype``, ``device_map``, ...).
+        ``total_token=-1`` picks the tree size by timing verification on this device.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if base_model_path is None:
+            from ..embedded import smollm2_path
+
+            base_model_path = smollm2_path()
+        if ea_model_path is None:
+            raise ValueError("ea_model_path is required: pass a draft-head folder or hub repo id")
+        folder = resolve_draft_folder(ea_model_path)
+        config = EConfig.from_pretrained(folder)
+        state = read_state_dict(folder)
+
+        if "torch_dtype" in hf_kwargs:  # transformers 5 renamed it
+            hf_kwargs.setdefault("dtype", hf_kwargs.pop("torch_dtype"))
+        hf_kwargs.setdefault("dtype", "auto")
+        base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        except (OSError, ValueError):
+            tokenizer = None
+
+        check_fits_base(config, base_model)
+        head = build_head(config, base_model, state)
+        return cls(base_model, head, tokenizer, total_token, depth, top_k, threshold)
+
+    def set_tree(self, total_token: int = 60, depth: int = 5, top_k: int = 10, threshold: float = 1.0) -> None:
+        """Set the tree shape: ``total_token`` nodes including the root (-1: time it), ``depth``, ``top_k``."""
+        vocab = self.ea_layer.config.vocab_size
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        if not isinstance(top_k, int) or not 1 <= top_k <= vocab:
+            raise ValueError(f"top_k must be an integer in [1, {vocab}], got {top_k!r}")
+        candidates = top_k + depth * top_k * top_k
+        if total_token != -1 and (not isinstance(total_token, int) or not 2 <= total_token <= candidates + 1):
+            raise ValueError(
+                f"total_token must be -1 or an integer in [2, {candidates + 1}] for top_k={top_k}, depth={depth}; "
+                f"got {total_token!r}"
+            )
+        head = self.ea_layer
+        head.depth, head.top_k, head.threshold = depth, top_k, threshold
+        if total_token == -1:
+            head.total_tokens = min(self.choose_tree_size(), candidates + 1) - 1
+        else:
+            head.total_tokens = total_token - 1
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ public generation API
+
+    def eagenerate(
+        self,
+        input_ids,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 512,
+        max_length: int = 2048,
+        log: bool = False,
+        is_llama3: bool = False,
+    ):
+        """Speculative generation. Returns ``input_ids`` (prompt + new tokens) or, with ``log``,
+        ``(input_ids, new_token, idx)`` where ``idx + 1`` is the number of verification steps."""
+        for ids, new_token, idx in self._speculative(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+            pass
+        return (ids, new_token, idx) if log else ids
+
+    def ea_generate(
+        self,
+        input_ids,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 512,
+        max_length: int = 2048,
+        log: bool = False,
+        is_llama3: bool = False,
+    ) -> Iterator:
+        """Like ``eagenerate``, yielding the growing sequence after the first token and every step."""
+        for ids, new_token, idx in self._speculative(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+            yield (ids, new_token, idx) if log else ids
+
+    def naivegenerate(
+        self,
+        input_ids,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 512,
+        max_length: int = 2048,
+        log: bool = False,
+        is_llama3: bool = False,
+    ):
+        """Plain token-by-token decoding with the same cache and stop rules (the baseline)."""
+        for ids, new_token, idx in self._naive(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+            pass
+        return (ids, new_token, idx) if log else ids
+
+    def naive_generate(
+        self,
+        input_ids,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 512,
+        max_length: int = 2048,
+        log: bool = False,
+        is_llama3: bool = False,
+    ) -> Iterator:
+        """Generator form of ``naivegenerate``."""
+        for ids, new_token, idx in self._naive(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+            yield (ids, new_token, idx) if log else ids
+
+    # ------------------------------------------------------------------ the decoding loops
+
+    @torch.no_grad()
+    def _speculative(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        ids, processor, limit, stops = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        head = self.ea_layer.eval()  # drafting uses the inference form of the MoE block
+        prompt_len, tree_size = ids.shape[1], head.total_tokens + 1
+        cache = self._fresh_cache(limit + tree_size)
+        head.reset_kv(limit + head.top_k * (head.depth + 1))
+
+        logits, features = self._forward(ids, cache, last_logits_only=True)
+        ids = torch.cat((ids, self._next_token(logits[-1], processor, ids)), dim=1)
+        steps = 0
+        done = self._finished(ids, prompt_len, limit, stops)
+        yield ids, ids.shape[1] - prompt_len, steps - 1
+        while not done:
+            tree = head.topK_genrate(features[None], ids, self.lm_head)
+            committed = ids.shape[1] - 1  # the root is not in the cache yet
+            logits, hidden = self._forward(
+                tree.tokens[None].to(ids.device),
+                cache,
+                mask=self._tree_mask(committed, tree),
+                positions=(tree.depths + committed)[None].to(ids.device),
+            )
+            if processor is None:
+                path, next_token = verify_greedy(logits, tree)
+            else:
+                path, next_token = verify_sampling(logits, tree, processor, ids)
+            steps += 1
+            path_index = torch.tensor(path, device=ids.device)
+            cache.keep(committed, path_index)
+            new = torch.cat((tree.tokens[path[1:]].to(ids.device), path_index.new_tensor([next_token])))
+            ids, done = self._append(ids, new, prompt_len, limit, stops)
+            features = hidden[path_index.to(hidden.device)]
+            yield ids, ids.shape[1] - prompt_len, steps - 1
+
+    @torch.no_grad()
+    def _naive(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        ids, processor, limit, stops = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        prompt_len = ids.shape[1]
+        cache = self._fresh_cache(limit)
+        logits, _ = self._forward(ids, cache, last_logits_only=True)
+        steps = 0
+        while True:
+            ids, done = self._append(ids, self._next_token(logits[-1], processor, ids)[0], prompt_len, limit, stops)
+            yield ids, ids.shape[1] - prompt_len, steps - 1
+            if done:
+                return
+            logits, _ = self._forward(ids[:, -1:], cache, last_logits_only=True)
+            steps += 1
+
+    # ------------------------------------------------------------------ pieces of the loops
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.base_model.get_output_embeddings()
+
+    def _forward(self, ids, cache, mask=None, positions=None, last_logits_only=False):
+        """Base-model forward: logits [S, V] and final-norm features [S, H] of the new positions."""
+        kwargs = {self._cache_kwarg: cache}
+        if last_logits_only and self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.base_model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=True,
+            **kwargs,
+        )
+        return out.logits[0], out.hidden_states[-1][0]
+
+    def _tree_mask(self, committed: int, tree: DraftTree) -> torch.Tensor:
+        """Additive mask [1, 1, N, committed + N]: the whole prefix plus each node's ancestors."""
+        size = len(tree)
+        device = self.base_model.get_input_embeddings().weight.device
+        allowed = torch.cat(
+            (torch.ones(size, committed, dtype=torch.bool, device=device), tree.ancestors.to(device)), dim=1
+        )
+        return additive_mask(allowed, self.base_model.dtype)[None, None]
+
+    def _fresh_cache(self, capacity: int) -> KVCache:
+        """Reuse the preallocated cache when it is large enough."""
+        num_layers = self.base_model.config.get_text_config().num_hidden_layers
+        if self.cache is None or self.cache.capacity < capacity:
+            self.cache = None  # free the old buffers first
+            self.cache = KVCache(num_layers, capacity)
+        self.cache.set_length(0)
+        return self.cache
+
+    @staticmethod
+    def _next_token(logits: torch.Tensor, processor, ids: torch.Tensor) -> torch.Tensor:
+        """The base model's choice after ``ids``, shaped [1, 1]."""
+        if processor is None:
+            return logits.argmax(-1).view(1, 1).to(ids.device)
+        return torch.multinomial(target_probs(logits, processor, ids), 1).view(1, 1).to(ids.device)
+
+    @staticmethod
+    def _finished(ids: torch.Tensor, prompt_len: int, limit: int, stops: set[int]) -> bool:
+        return ids.shape[1] >= limit or (ids.shape[1] > prompt_len and int(ids[0, -1]) in stops)
+
+    @staticmethod
+    def _append(ids, new, prompt_len, limit, stops) -> tuple[torch.Tensor, bool]:
+        """Append ``new`` tokens, cut after the first stop token or at ``limit``; report whether done."""
+        new = new.view(-1)[: limit - ids.shape[1]]
+        hits = [i for i, t in enumerate(new.tolist()) if t in stops]
+        if hits:
+            new = new[: hits[0] + 1]
+        ids = torch.cat((ids, new.view(1, -1).to(ids.device)), dim=1)
+        return ids, bool(hits) or ids.shape[1] >= limit
+
+    def _stop_ids(self, is_llama3: bool) -> set[int]:
+        """eos of the tokenizer, the generation config and the model config (+ ``<|eot_id|>`` for llama-3)."""
+        stops: set[int] = set()
+        sources = [getattr(self.tokenizer, "eos_token_id", None)]
+        generation_config = getattr(self.base_model, "generation_config", None)
+        sources.append(getattr(generation_config, "eos_token_id", None))
+        sources.append(getattr(self.base_model.config, "eos_token_id", None))
+        for source in sources:
+            if isinstance(source, int):
+                stops.add(source)
+            elif isinstance(source, (list, tuple)):
+                stops.update(int(s) for s in source)
+        if is_llama3:
+            eot = self.tokenizer.convert_tokens_to_ids("<|eot_id|>") if self.tokenizer is not None else None
+            if not isinstance(eot, int) or eot == getattr(self.tokenizer, "unk_token_id", None):
+                raise ValueError("is_llama3=True but the tokenizer has no <|eot_id|> token")
+            stops.add(eot)
+        return stops
+
+    def _prepare(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        """Validate the arguments; return (ids [1, T] on the model's device, processor, length limit, stop ids)."""
+        vocab = self.ea_layer.config.vocab_size
+        ids = validate_input_ids(input_ids, vocab)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1.0 disables nucleus sampling), got {top_p!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or top_k < 0 or top_k != int(top_k):
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+        for name, value in (("max_new_tokens", max_new_tokens), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if ids.shape[1] >= max_length:
+            raise ValueError(f"the prompt has {ids.shape[1]} tokens, which reaches max_length={max_length}")
+        processor = prepare_logits_processor(float(temperature), float(top_p), int(top_k))
+        limit = min(ids.shape[1] + max_new_tokens, max_length)
+        device = self.base_model.get_input_embeddings().weight.device
+        return ids.to(device), processor, limit, self._stop_ids(is_llama3)
+
+    # ------------------------------------------------------------------ tree-size tuning
+
+    @torch.no_grad()
+    def choose_tree_size(self, context: int = 256, repeats: int = 5) -> int:
+        """Pick ``total_token`` for this device by timing verification forwards.
+
+        For each candidate size N we time a base-model forward of N tokens on a ``context``-token
+        cache, add one drafting pass, and divide by an assumed acceptance length
+        ``1 + 0.6 * log2(N)`` (the shape of EAGLE-2's tau-versus-tree-size curve; about 4.5 at
+        N=60). The N with the most tokens per second wins.
+        """
+        device = self.base_model.get_input_embeddings().weight.device
+        vocab = self.ea_layer.config.vocab_size
+        generator = torch.Generator().manual_seed(0)
+        prompt = torch.randint(0, vocab, (1, context), generator=generator).to(device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        head = self.ea_layer
+        saved = head.total_tokens
+        best, best_rate = TREE_SIZE_CANDIDATES[0], 0.0
+        for size in TREE_SIZE_CANDIDATES:
+            if size - 1 > head.top_k + head.depth * head.top_k**2:
+                break
+            head.total_tokens = size - 1
+            cache = self._fresh_cache(context + size + 1)
+            head.reset_kv(context + head.top_k * (head.depth + 1) + 1)
+            _, features = self._forward(prompt, cache, last_logits_only=True)
+            ids = torch.cat((prompt, prompt[:, :1]), dim=1)
+            timings = []
+            for repeat in range(repeats + 2):
+                head.set_kv_length(0)
+                cache.set_length(context)
+                sync()
+                start = time.perf_counter()
+                tree = head.topK_genrate(features[None], ids, self.lm_head)
+                self._forward(tree.tokens[None].to(device), cache, self._tree_mask(context, tree), (tree.depths + context)[None].to(device))
+                sync()
+                if repeat >= 2:
+                    timings.append(time.perf_counter() - start)
+            rate = (1 + 0.6 * math.log2(size)) / sorted(timings)[len(timings) // 2]
+            if rate > best_rate:
+                best, best_rate = size, rate
+        head.total_tokens = saved
+        self.cache = None
+        return best
+
+
+def validate_input_ids(input_ids, vocab_size: int) -> torch.Tensor:
+    """Return ``input_ids`` as a [1, T] long tensor or raise ``TypeError``/``ValueError`` saying why not."""
+    if isinstance(input_ids, (list, tuple)):
+        if input_ids and isinstance(input_ids[0], (list, tuple)):
+            if len(input_ids) != 1:
+                raise ValueError(f"batch size {len(input_ids)} > 1 is not supported; pass one prompt")
+            input_ids = input_ids[0]
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
+            raise TypeError("input_ids must be integer token ids")
+        input_ids = torch.tensor([list(input_ids)], dtype=torch.long)
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a tensor or a list of token ids, got {type(input_ids).__name__}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape [1, T], got {list(input_ids.shape)}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"batch size {input_ids.shape[0]} > 1 is not supported; pass one prompt")
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: input_ids has no tokens")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+    return input_ids.long()
+
+
+def build_head(config: EConfig, base_model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> Model:
+    """A draft head for ``base_model`` on its LM head's device and dtype, loaded from ``state`` if given.
+
+    Without ``state`` the head is randomly initialised (for training). The embedding is the base
+    model's unless the checkpoint carries its own ``embed_tokens.weight``.
+    """
+    lm_weight = base_model.get_output_embeddings().weight
+    embedding = base_model.get_input_embeddings()
+    if embedding.weight.device != lm_weight.device:
+        embedding = nn.Embedding.from_pretrained(embedding.weight.detach().to(lm_weight.device), freeze=True)
+    if state is None:
+        head = Model(config, embed_tokens=embedding)
+        return head.to(device=lm_weight.device, dtype=lm_weight.dtype).eval()
+    with torch.device("meta"):
+        head = Model(config, embed_tokens=embedding)
+    check_state_dict(head, state)
+    if EMBEDDING_KEY in state:
+        head.set_embedding(nn.Embedding.from_pretrained(state.pop(EMBEDDING_KEY).to(lm_weight), freeze=True))
+    head.load_state_dict({k: v.to(lm_weight.dtype) for k, v in state.items()}, strict=True, assign=True)
+    return head.to(device=lm_weight.device).eval()
+
+
+__all__ = ["EaModel", "build_head", "validate_input_ids"]

@@ -1,0 +1,82 @@
+"""Verifying a draft tree against the base model's logits, losslessly.
+
+Greedy: follow the base model's argmax down the tree as long as a child carries it.
+
+Sampling: multi-candidate rejection sampling with deterministic drafts. At a node with target
+distribution p, the children x1, x2, ... are tried in turn; x is accepted with probability p(x)
+(the draft proposed it with probability 1), otherwise p(x) is set to 0 and p renormalised (the
+residual max(p - q, 0) for q = one-hot(x)). When no child is accepted, the next token is drawn from
+the residual. This keeps the output distribution exactly equal to sampling from p token by token
+(SpecInfer, Miao et al. 2023; EAGLE-2, Li et al. 2024). The logits processor (temperature, top-p,
+top-k) is applied to every target distribution, including the one of the last, "bonus" token.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from .draft_tree import DraftTree
+
+
+def prepare_logits_processor(
+    temperature: float = 0.0, top_p: float = 0.0, top_k: int = 0
+) -> LogitsProcessorList | None:
+    """Warpers for sampling, or ``None`` for greedy decoding (``temperature`` below 1e-5).
+
+    As in the reference: ``top_p`` in (0, 1) and ``top_k`` > 0 enable their warpers; other values
+    leave them off.
+    """
+    if temperature <= 1e-5:
+        return None
+    processors = LogitsProcessorList()
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if 1e-8 <= top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    if top_k > 0:
+        processors.append(TopKLogitsWarper(int(top_k)))
+    return processors
+
+
+def target_probs(logits: torch.Tensor, processor: LogitsProcessorList, prefix: torch.Tensor) -> torch.Tensor:
+    """The base model's sampling distribution (float32, on CPU) after ``prefix`` [1, T]."""
+    processed = processor(prefix, logits[None].float())[0]
+    return torch.softmax(processed, dim=-1).cpu()
+
+
+def verify_greedy(logits: torch.Tensor, tree: DraftTree) -> tuple[list[int], int]:
+    """Accepted node path (starting with the root) and the base model's next token after it."""
+    targets = logits.argmax(dim=-1).tolist()
+    tokens = tree.tokens.tolist()
+    children = tree.children()
+    node, path = 0, [0]
+    while True:
+        match = next((c for c in children[node] if tokens[c] == targets[node]), None)
+        if match is None:
+            return path, targets[node]
+        node = match
+        path.append(node)
+
+
+def verify_sampling(
+    logits: torch.Tensor, tree: DraftTree, processor: LogitsProcessorList, prefix: torch.Tensor
+) -> tuple[list[int], int]:
+    """Rejection-sample a path through ``tree``; ``prefix`` [1, T] ends with the root token."""
+    tokens = tree.tokens.tolist()
+    children = tree.children()
+    node, path = 0, [0]
+    path_tokens = prefix
+    while True:
+        probs = target_probs(logits[node], processor, path_tokens)
+        for child in children[node]:
+            token = tokens[child]
+            if torch.rand(()).item() < probs[token].item():
+                node = child
+                path.append(child)
+                path_tokens = torch.cat((path_tokens, tree.tokens[child : child + 1].to(prefix.device)[None]), dim=1)
+                break
+            probs[token] = 0.0
+            probs /= probs.sum()
+        else:
+            return path, int(torch.multinomial(probs, 1))

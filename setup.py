@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="jakiro",
+    version="0.1.0",
+    description="Lossless speculative decoding with Jakiro (decoupled MoE) draft heads over unmodified transformers models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jakiro", "jakiro.*"]),
+    install_requires=[
+        "torch>=2.6,<2.15",
+        "transformers>=5.24,<6",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "gguf>=0.10",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+        "fschat>=0.2.36",
+        "gradio>=5.0",
+    ],
+    extras_require={"test": ["pytest>=8"], "deepspeed": ["deepspeed>=0.14"]},
+)
