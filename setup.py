@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["jakiro", "jakiro.*"]),
     install_requires=[
         "torch>=2.6,<2.15",
-        "transformers>=5.24,<6",
+        "transformers>=5.24,<5.25",
         "accelerate>=1.0",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",

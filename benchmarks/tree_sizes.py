@@ -32,7 +32,7 @@ def small_base(vocab: int = 8192):
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(30)
-        model.model.embed_tokens.weight.mul_(6)
+        model.model.embed_tokens.weight.mul_(30)  # more layers need a stronger current-token signal
     model.generation_config.pad_token_id = 0
     return model.eval()
 

@@ -60,8 +60,9 @@ def bigram_head(base, moe: bool = True, seed: int = 1):
     torch.manual_seed(seed)
     head = build_head(EConfig.from_base_config(base.config, moe=moe), base)
     with torch.no_grad():
+        hidden = head.config.hidden_size
         head.fc.weight.zero_()
-        head.fc.weight[:, :HIDDEN] = torch.eye(HIDDEN)
+        head.fc.weight[:, :hidden] = torch.eye(hidden)
         if head.fc.bias is not None:
             head.fc.bias.zero_()
         head.layers[0].self_attn.o_proj.weight.mul_(0.01)

@@ -205,9 +205,8 @@ class EaModel(nn.Module):
         head.reset_kv(limit + head.top_k * (head.depth + 1))
 
         logits, features = self._forward(ids, cache, last_logits_only=True)
-        ids = torch.cat((ids, self._next_token(logits[-1], processor, ids)), dim=1)
+        ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), limit, stops)
         steps = 0
-        done = self._finished(ids, prompt_len, limit, stops)
         yield ids, ids.shape[1] - prompt_len, steps - 1
         while not done:
             tree = head.topK_genrate(features[None], ids, self.lm_head)
@@ -226,7 +225,7 @@ class EaModel(nn.Module):
             path_index = torch.tensor(path, device=ids.device)
             cache.keep(committed, path_index)
             new = torch.cat((tree.tokens[path[1:]].to(ids.device), path_index.new_tensor([next_token])))
-            ids, done = self._append(ids, new, prompt_len, limit, stops)
+            ids, done = self._append(ids, new, limit, stops)
             features = hidden[path_index.to(hidden.device)]
             yield ids, ids.shape[1] - prompt_len, steps - 1
 
@@ -238,7 +237,7 @@ class EaModel(nn.Module):
         logits, _ = self._forward(ids, cache, last_logits_only=True)
         steps = 0
         while True:
-            ids, done = self._append(ids, self._next_token(logits[-1], processor, ids)[0], prompt_len, limit, stops)
+            ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), limit, stops)
             yield ids, ids.shape[1] - prompt_len, steps - 1
             if done:
                 return
@@ -292,11 +291,7 @@ class EaModel(nn.Module):
         return torch.multinomial(target_probs(logits, processor, ids), 1).view(1, 1).to(ids.device)
 
     @staticmethod
-    def _finished(ids: torch.Tensor, prompt_len: int, limit: int, stops: set[int]) -> bool:
-        return ids.shape[1] >= limit or (ids.shape[1] > prompt_len and int(ids[0, -1]) in stops)
-
-    @staticmethod
-    def _append(ids, new, prompt_len, limit, stops) -> tuple[torch.Tensor, bool]:
+    def _append(ids, new, limit, stops) -> tuple[torch.Tensor, bool]:
         """Append ``new`` tokens, cut after the first stop token or at ``limit``; report whether done."""
         new = new.view(-1)[: limit - ids.shape[1]]
         hits = [i for i, t in enumerate(new.tolist()) if t in stops]

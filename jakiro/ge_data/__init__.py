@@ -1,0 +1,1 @@
+"""Training-data generation: chat conversations -> base-model features for draft-head training."""

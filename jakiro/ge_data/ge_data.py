@@ -1,0 +1,138 @@
+"""Record the base model's features for draft-head training (one implementation, thin entry points).
+
+    python -m jakiro.ge_data.ge_data_all_vicuna --basepath BASE --data DATA --start 0 --end 100 --index 0 --outdir OUT
+    python -m jakiro.ge_data.ge_data --template chat_template ...      # the tokenizer's own chat template
+
+Each conversation i of the (seeded, shuffled) data in ``[start, end)`` becomes
+``OUT/<index>/data_<i>.safetensors`` holding ``input_ids`` [L] int64, ``hidden_state`` [L, H] (the
+base model's final-norm features) and ``loss_mask`` [L] int64 (1 on assistant tokens). Files are
+written atomically; a rerun skips finished ones, so an interrupted run loses at most one sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+
+import torch
+
+from .conversations import load_conversations
+from .templates import TEMPLATES, render, tokenize_with_mask
+
+SHUFFLE_SEED = 42
+PLACEHOLDER = "\u2063\u2063reply\u2063\u2063"
+
+
+def parse_args(template: str | None, argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if template is None:
+        parser.add_argument("--template", required=True, choices=sorted(TEMPLATES) + ["chat_template"])
+    parser.add_argument("--basepath", default=None, help="base model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--data", default=None, help="ShareGPT-format .json/.jsonl (default: ShareGPT V3)")
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--end", type=int, default=100)
+    parser.add_argument("--index", type=int, default=1)
+    parser.add_argument("--gpu_index", "--gpu-index", type=int, nargs="+", default=[0])
+    parser.add_argument("--outdir", default="outdir0")
+    parser.add_argument("--max-len", "--max_len", type=int, default=2048)
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="base model dtype (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--save-dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--regenerate", action="store_true",
+                        help="replace assistant turns by the base model's own greedy replies (self-distillation)")
+    parser.add_argument("--regenerate-max-new-tokens", type=int, default=512)
+    parser.add_argument("--no-shuffle", action="store_true", help="take conversations in file order")
+    args = parser.parse_args(argv)
+    if template is not None:
+        args.template = template
+    if not 0 <= args.start <= args.end:
+        parser.error(f"need 0 <= --start <= --end, got {args.start} and {args.end}")
+    return args
+
+
+def select(conversations: list, start: int, end: int, shuffle: bool) -> list[tuple[int, list[dict]]]:
+    """(position, conversation) pairs for ``[start, end)`` of the seeded permutation."""
+    order = list(range(len(conversations)))
+    if shuffle:
+        random.Random(SHUFFLE_SEED).shuffle(order)
+    return [(i, conversations[order[i]]) for i in range(start, min(end, len(order)))]
+
+
+def generation_prompt(template: str, messages: list[dict], tokenizer) -> str:
+    """The text a model sees before writing the next assistant reply."""
+    text, _ = render(template, messages + [{"role": "assistant", "content": PLACEHOLDER}], tokenizer)
+    return text[: text.index(PLACEHOLDER)].rstrip(" ")
+
+
+@torch.no_grad()
+def regenerate(template: str, messages: list[dict], model, tokenizer, max_new_tokens: int) -> list[dict]:
+    """The conversation with every assistant reply replaced by the model's greedy answer."""
+    from .templates import NO_SPECIAL_TOKENS
+
+    out: list[dict] = []
+    for message in messages:
+        if message["role"] != "assistant":
+            out.append(message)
+            continue
+        prompt = generation_prompt(template, out, tokenizer)
+        ids = tokenizer(prompt, add_special_tokens=template not in NO_SPECIAL_TOKENS, return_tensors="pt")["input_ids"]
+        ids = ids.to(model.device)
+        generated = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)[0, ids.shape[1] :]
+        reply = tokenizer.decode(generated, skip_special_tokens=True).replace("</s>", "").strip()
+        out.append({"role": "assistant", "content": reply or message["content"]})
+    return out
+
+
+def save_sample(path: str, sample: dict[str, torch.Tensor]) -> None:
+    """Write one safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous() for k, v in sample.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def main(template: str | None = None, argv=None) -> None:
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = parse_args(template, argv)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, args.gpu_index)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.basepath is None:
+        from ..embedded import smollm2_path
+
+        args.basepath = smollm2_path()
+    dtype = getattr(torch, args.dtype or ("float16" if device == "cuda" else "float32"))
+    conversations, report = load_conversations(args.data)
+    print(f"data: {report}")
+    todo = select(conversations, args.start, args.end, not args.no_shuffle)
+    folder = os.path.join(args.outdir, str(args.index))
+    os.makedirs(folder, exist_ok=True)
+    pending = [(i, c) for i, c in todo if not os.path.exists(os.path.join(folder, f"data_{i}.safetensors"))]
+    print(f"{len(todo)} conversations in [{args.start}, {args.end}); {len(todo) - len(pending)} already done")
+    if not pending:
+        return
+    tokenizer = AutoTokenizer.from_pretrained(args.basepath)
+    model = AutoModelForCausalLM.from_pretrained(args.basepath, dtype=dtype, device_map=device).eval()
+    save_dtype = getattr(torch, args.save_dtype)
+    skipped = 0
+    for i, messages in tqdm(pending, desc=f"ge_data {args.template} [{args.index}]"):
+        if args.regenerate:
+            messages = regenerate(args.template, messages, model, tokenizer, args.regenerate_max_new_tokens)
+        input_ids, loss_mask = tokenize_with_mask(args.template, messages, tokenizer, args.max_len)
+        if int(loss_mask.sum()) == 0:
+            skipped += 1  # truncation cut every reply: nothing to learn
+            continue
+        with torch.no_grad():
+            out = model(input_ids[None].to(model.device), output_hidden_states=True)
+        sample = {"input_ids": input_ids, "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype), "loss_mask": loss_mask}
+        save_sample(os.path.join(folder, f"data_{i}.safetensors"), sample)
+    if skipped:
+        print(f"{skipped} conversations had no assistant token left after truncation to {args.max_len} and were skipped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Training data with the vicuna template; see `jakiro.ge_data.ge_data` for the options."""
+
+from .ge_data import main
+
+if __name__ == "__main__":
+    main("vicuna")

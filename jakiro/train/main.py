@@ -1,0 +1,308 @@
+"""Train a draft head on features written by ``jakiro.ge_data``.
+
+    python -m jakiro.train.main --basepath BASE --tmpdir DATA --cpdir CKPT [--configpath CFG] [--arch jakiro]
+    accelerate launch -m jakiro.train.main ...            # several GPUs / processes
+
+``--arch jakiro`` (default) trains the two-branch MoE head with the Jakiro loss: the MoE branch
+predicts the next feature, the contrastive branch the one after it (weight ``--const``);
+``--arch eagle2`` trains the dense EAGLE-2 head with the EAGLE loss. Every epoch writes
+``CKPT/state_<epoch>/`` (``config.json`` + ``model.safetensors``, loadable by
+``EaModel.from_pretrained``) and a resumable checkpoint; ``--resume`` continues from the latest.
+Metrics go to stdout, ``CKPT/metrics.jsonl`` and the progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+
+from ..model.checkpoint import save_draft_head
+from ..model.cnets import Model
+from ..model.configs import EConfig
+from .data import FeatureDataset, collate, sample_files, split
+
+CHECKPOINT = "checkpoint"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--basepath", default=None, help="base model folder (default: the embedded SmolLM2)")
+    p.add_argument("--tmpdir", required=True, help="folder of ge_data samples")
+    p.add_argument("--cpdir", required=True, help="output folder for checkpoints and metrics")
+    p.add_argument("--configpath", default=None, help="draft config.json (default: derived from the base model)")
+    p.add_argument("--arch", default="jakiro", choices=["jakiro", "eagle2"])
+    p.add_argument("--lr", type=float, default=9e-5)
+    p.add_argument("--bs", type=int, default=4)
+    p.add_argument("--wd", type=float, default=1e-3)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--num-epochs", type=int, default=20)
+    p.add_argument("--warmup-steps", type=int, default=2000, help="linear warm-up (capped at 10%% of all steps)")
+    p.add_argument("--max-len", type=int, default=2048)
+    p.add_argument("--noise-std", type=float, default=0.2, help="uniform noise (U-0.5)*std on input features")
+    p.add_argument("--p-w", type=float, default=0.1, help="weight of the token (cross-entropy) loss")
+    p.add_argument("--v-w", type=float, default=1.0, help="weight of the feature (smooth L1) loss")
+    p.add_argument("--const", type=float, default=0.5, help="weight of the contrastive branch (jakiro)")
+    p.add_argument("--grad-clip", type=float, default=0.5, help="clip the gradient norm (0: off)")
+    p.add_argument("--b1", type=float, default=0.9)
+    p.add_argument("--b2", type=float, default=0.95)
+    p.add_argument("--test-fraction", type=float, default=0.05)
+    p.add_argument("--rollout-steps", type=int, default=5, help="steps of the held-out acceptance estimate")
+    p.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps (0: per epoch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--resume", action="store_true", help="continue from CKPT/checkpoint if present")
+    p.add_argument("--debug", action="store_true", help="stop each epoch after 10 batches")
+    return p.parse_args(argv)
+
+
+def load_frozen_base_parts(basepath: str) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The base model's LM-head and input-embedding weights (float32, frozen) and its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(basepath)
+    model = AutoModelForCausalLM.from_pretrained(basepath, dtype=torch.float32, low_cpu_mem_usage=True)
+    head = model.get_output_embeddings().weight.detach().clone()
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    del model
+    return head, embedding, config
+
+
+def branch_terms(predict, target, mask, head_weight, shift: int = 0) -> dict[str, torch.Tensor]:
+    """Token and feature losses and top-k hits of one branch; ``shift`` predicts that many steps further.
+
+    Only positions with ``mask`` are sent through the LM head (most of a conversation is not learned).
+    """
+    if shift:
+        predict, target, mask = predict[:, :-shift], target[:, shift:], mask[:, shift:]
+    keep = mask.bool()
+    pred, tgt = predict[keep], target[keep]
+    count = pred.new_tensor(float(pred.shape[0]))
+    with torch.no_grad():
+        target_probs = torch.softmax(tgt @ head_weight.T, dim=-1)
+        target_tokens = target_probs.argmax(-1)
+    logq = torch.log_softmax(pred.float() @ head_weight.T, dim=-1)
+    ploss = -(target_probs * logq).sum() / (count + 1e-5)
+    vloss = F.smooth_l1_loss(pred.float(), tgt, reduction="none").mean(-1).sum() / (count + 1e-5)
+    top3 = logq.topk(3, dim=-1).indices
+    hits = [(top3[:, :k] == target_tokens[:, None]).any(-1).sum() for k in (1, 2, 3)]
+    return {"ploss": ploss, "vloss": vloss, "count": count, "top1": hits[0], "top2": hits[1], "top3": hits[2]}
+
+
+def compute_loss(predict, batch, head_weight, args) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+    """Jakiro loss (both branches) or EAGLE loss (dense head)."""
+    target, mask = batch["target"], batch["loss_mask"]
+    if predict.dim() == 4:  # [2, B, S, H]: MoE branch and contrastive branch
+        moe = branch_terms(predict[0], target, mask, head_weight)
+        con = branch_terms(predict[1], target, mask, head_weight, shift=1)
+        loss = args.v_w * (moe["vloss"] + args.const * con["vloss"]) + args.p_w * (moe["ploss"] + args.const * con["ploss"])
+        return loss, {"moe": moe, "contrastive": con}
+    dense = branch_terms(predict, target, mask, head_weight)
+    return args.v_w * dense["vloss"] + args.p_w * dense["ploss"], {"moe": dense}
+
+
+@torch.no_grad()
+def rollout_acceptance(model, batch, head_weight, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out k-step chain acceptance: at step j every position uses the draft's own features
+    from step j-1; a position counts at step j only if steps 0..j-1 were right from its start.
+    Returns (hits [steps], trials [steps])."""
+    features, ids, mask = batch["hidden_states"], batch["input_ids"], batch["loss_mask"].bool()
+    targets = (batch["target"] @ head_weight.T).argmax(-1)
+    hits, trials = torch.zeros(steps), torch.zeros(steps)
+    alive = mask
+    for step in range(steps):
+        out = model(features, ids)
+        out = out[0] if out.dim() == 4 else out
+        correct = (out @ head_weight.T).argmax(-1) == targets
+        if step:
+            alive = F.pad(alive[:, :-1], (1, 0)) & mask
+        trials[step] = alive.sum().cpu()
+        alive = alive & correct
+        hits[step] = alive.sum().cpu()
+        features = torch.cat((features[:, :1], out[:, :-1]), dim=1)
+    return hits, trials
+
+
+def expected_tokens_per_step(rates: list[float]) -> float:
+    """1 + sum_j prod_{i<=j} rate_i: tokens per step of a chain draft with these acceptance rates."""
+    total, running = 1.0, 1.0
+    for rate in rates:
+        running *= rate
+        total += running
+    return total
+
+
+def main(argv=None) -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    args = parse_args(argv)
+    # cpu=True lets torchrun-launched CPU processes form a gloo group (accelerate ignores it with CUDA).
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=not torch.cuda.is_available())
+    set_seed(args.seed)
+    if args.basepath is None:
+        from ..embedded import smollm2_path
+
+        args.basepath = smollm2_path()
+    head_weight, embedding_weight, base_config = load_frozen_base_parts(args.basepath)
+    if args.configpath:
+        config = EConfig.from_pretrained(args.configpath)
+        if config.is_moe != (args.arch == "jakiro"):
+            raise ValueError(f"--arch {args.arch} does not match {args.configpath} (num_local_experts={config.num_local_experts})")
+    else:
+        config = EConfig.from_base_config(base_config, moe=args.arch == "jakiro")
+    if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
+        raise ValueError(f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
+                         f"base model's lm_head {list(head_weight.shape)}")
+
+    device = accelerator.device
+    head_weight = head_weight.to(device)
+    embedding = torch.nn.Embedding.from_pretrained(embedding_weight.to(device), freeze=True)
+    model = Model(config, embed_tokens=embedding)
+    files = sample_files(args.tmpdir)
+    train_files, test_files = split(files, args.test_fraction)
+    train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
+    batches_per_epoch = math.ceil(len(train_set) / (args.bs * accelerator.num_processes))
+    total_steps = args.num_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    warmup_steps = min(args.warmup_steps, total_steps // 10 + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(args.b1, args.b2))
+    # accelerate steps a prepared scheduler once per process for every optimizer step
+    scale = accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps * scale, total_steps * scale)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    test_loader = accelerator.prepare_data_loader(
+        torch.utils.data.DataLoader(test_set, batch_size=args.bs, collate_fn=collate, num_workers=args.num_workers)
+    )
+    os.makedirs(args.cpdir, exist_ok=True)
+    accelerator.print(f"{len(train_files)} training and {len(test_files)} held-out conversations; "
+                      f"{args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                      f"{accelerator.num_processes} process(es) on {device}")
+
+    start_epoch, skip_batches = 0, 0
+    progress_file = os.path.join(args.cpdir, CHECKPOINT, "progress.json")
+    if args.resume and os.path.isfile(progress_file):
+        with open(progress_file) as f:
+            progress = json.load(f)
+        accelerator.load_state(os.path.join(args.cpdir, CHECKPOINT, "state"))
+        start_epoch, skip_batches = progress["epoch"], progress["batch"]
+        accelerator.print(f"resuming at epoch {start_epoch}, batch {skip_batches}")
+
+    def save_checkpoint(epoch: int, batch: int) -> None:
+        """Resumable state, replaced atomically (a crash keeps the previous one)."""
+        accelerator.wait_for_everyone()
+        folder = os.path.join(args.cpdir, CHECKPOINT)
+        tmp = folder + ".tmp"
+        if accelerator.is_main_process and os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(os.path.join(tmp, "state"))
+        if accelerator.is_main_process:
+            with open(os.path.join(tmp, "progress.json"), "w") as f:
+                json.dump({"epoch": epoch, "batch": batch}, f)
+            if os.path.isdir(folder):
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        accelerator.wait_for_everyone()
+
+    for epoch in range(start_epoch, args.num_epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(args.seed + epoch)
+        loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+            train_set, batch_size=args.bs, shuffle=True, generator=generator, collate_fn=collate,
+            num_workers=args.num_workers))
+        first = skip_batches if epoch == start_epoch else 0
+        if first:
+            loader = accelerator.skip_first_batches(loader, first)
+        totals: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, initial=first,
+                   total=batches_per_epoch)
+        for number, batch in enumerate(bar, start=first):
+            with accelerator.accumulate(model):
+                features = batch["hidden_states"]
+                if args.noise_std:
+                    features = features + (torch.rand_like(features) - 0.5) * args.noise_std
+                predict = model(features, batch["input_ids"])
+                loss, terms = compute_loss(predict, batch, head_weight, args)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            accumulate(totals, loss, terms)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{totals['moe_top1'] / max(totals['moe_count'], 1):.3f}")
+            if args.save_steps and (number + 1) % args.save_steps == 0:
+                save_checkpoint(epoch, number + 1)
+            if args.debug and number >= 9:
+                break
+        train_metrics = summarise(accelerator, totals, "train")
+        test_metrics = evaluate(accelerator, model, test_loader, head_weight, args)
+        record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], **train_metrics, **test_metrics}
+        state_dir = os.path.join(args.cpdir, f"state_{epoch}")
+        if accelerator.is_main_process:
+            save_draft_head(accelerator.unwrap_model(model), state_dir, getattr(torch, args.save_dtype))
+            with open(os.path.join(args.cpdir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        accelerator.print(json.dumps(record))
+        save_checkpoint(epoch + 1, 0)
+
+
+def accumulate(totals: dict[str, float], loss: torch.Tensor, terms: dict[str, dict[str, torch.Tensor]]) -> None:
+    totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * float(terms["moe"]["count"])
+    for branch, values in terms.items():
+        for key, value in values.items():
+            weight = float(values["count"]) if key in ("ploss", "vloss") else 1.0
+            totals[f"{branch}_{key}"] = totals.get(f"{branch}_{key}", 0.0) + float(value.detach()) * weight
+
+
+def summarise(accelerator, totals: dict[str, float], prefix: str) -> dict[str, float]:
+    """Average losses and accuracies over all processes."""
+    keys = sorted(totals)
+    values = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device), "sum").tolist()
+    summed = dict(zip(keys, values))
+    out = {}
+    for branch in ("moe", "contrastive"):
+        count = summed.get(f"{branch}_count")
+        if not count:
+            continue
+        for key in ("ploss", "vloss", "top1", "top2", "top3"):
+            out[f"{prefix}/{branch}_{key}"] = summed[f"{branch}_{key}"] / count
+    if summed.get("moe_count"):
+        out[f"{prefix}/loss"] = summed["loss"] / summed["moe_count"]
+    return out
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, loader, head_weight, args) -> dict[str, float]:
+    """Held-out losses, accuracies and the k-step acceptance estimate (all held-out batches)."""
+    model.eval()
+    totals: dict[str, float] = {}
+    hits, trials = torch.zeros(args.rollout_steps), torch.zeros(args.rollout_steps)
+    unwrapped = accelerator.unwrap_model(model)
+    for batch in loader:
+        predict = unwrapped(batch["hidden_states"], batch["input_ids"], penult_forward=True)  # both branches
+        loss, terms = compute_loss(predict, batch, head_weight, args)
+        accumulate(totals, loss, terms)
+        h, t = rollout_acceptance(unwrapped, batch, head_weight, args.rollout_steps)
+        hits, trials = hits + h, trials + t
+    if not totals:
+        return {}
+    out = summarise(accelerator, totals, "test")
+    reduced = accelerator.reduce(torch.cat((hits, trials)).to(accelerator.device), "sum").cpu()
+    hits, trials = reduced[: args.rollout_steps], reduced[args.rollout_steps :]
+    rates = (hits / trials.clamp(min=1)).tolist()
+    out.update({f"test/{j}_acc": r for j, r in enumerate(rates)})
+    out["test/chain_tokens_per_step"] = expected_tokens_per_step(rates)
+    return out
+
+
+if __name__ == "__main__":
+    main()
