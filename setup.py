@@ -9,6 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["jakiro", "jakiro.*"]),
+    package_data={"jakiro": ["heads/*/*", "train/*.json"]},
     install_requires=[
         "torch>=2.6,<2.15",
         "transformers>=5.24,<5.25",

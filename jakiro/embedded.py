@@ -61,3 +61,16 @@ def smollm2_path() -> str:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
     return target
+
+
+SHIPPED_HEADS = {"jakiro": "smollm2-135m-instruct-jakiro", "eagle2": "smollm2-135m-instruct-eagle2"}
+
+
+def shipped_head_path(kind: str = "jakiro") -> str:
+    """Folder of a draft head for SmolLM2-135M-Instruct shipped inside the package ("jakiro" or "eagle2")."""
+    if kind not in SHIPPED_HEADS:
+        raise ValueError(f"shipped_head must be one of {sorted(SHIPPED_HEADS)}, got {kind!r}")
+    path = os.path.join(os.path.dirname(__file__), "heads", SHIPPED_HEADS[kind])
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"the shipped {kind} head is missing from this installation ({path})")
+    return path

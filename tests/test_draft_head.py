@@ -1,10 +1,12 @@
 """The draft head: released key names and shapes, the MoE block's two branches, mode switching."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import jakiro.train
 from jakiro.model.cnets import LlamaMLP, MixtralSparseMoeBlock, MixtralSparseMoeBlock_train, Model, count_parameters
 from jakiro.model.configs import EConfig
 
@@ -153,3 +155,13 @@ def test_linear_rope_scaling_divides_positions():
     cos_s, _ = scaled(torch.tensor([[4]]), torch.float32)
     cos_p, _ = plain(torch.tensor([[2]]), torch.float32)
     torch.testing.assert_close(cos_s, cos_p)
+
+
+TRAIN_CONFIGS = Path(jakiro.train.__file__).parent
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TRAIN_CONFIGS.glob("*_config.json") if p.name != "ds_config.json"))
+def test_shipped_training_configs_build(name):
+    config = EConfig.from_pretrained(TRAIN_CONFIGS / name)
+    head = meta_head(vars(config))
+    assert config.is_moe and "layers.0.mlp_moe.gate.weight" in shapes(head)

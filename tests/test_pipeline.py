@@ -194,3 +194,19 @@ def test_two_cpu_processes_train_with_gloo(workspace, features):
     history = metrics(cpdir)
     assert len(history) == 2 and history[1]["train/loss"] < history[0]["train/loss"]
     EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_1"), total_token=8, depth=2, top_k=2)
+
+
+def test_deepspeed_trains_a_loadable_head(workspace, features, tmp_path):
+    config = tmp_path / "ds_cpu.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+                                  "gradient_clipping": 0.5, "steps_per_print": 1000, "zero_optimization": {"stage": 0}}))
+    cpdir = workspace / "deepspeed"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    command = [sys.executable, "-m", "jakiro.train.main_deepspeed", "--basepath", str(workspace / "base"),
+               "--tmpdir", str(features), "--cpdir", str(cpdir), "--num-epochs", "2", "--lr", "3e-3",
+               "--deepspeed", "--deepspeed_config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = metrics(cpdir)
+    assert len(history) == 2 and history[1]["train/loss"] < history[0]["train/loss"]
+    EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_1"), total_token=8, depth=2, top_k=2)

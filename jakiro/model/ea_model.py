@@ -73,22 +73,27 @@ class EaModel(nn.Module):
         depth: int = 5,
         top_k: int = 10,
         threshold: float = 1.0,
+        shipped_head: str = "jakiro",
         **hf_kwargs: Any,
     ) -> "EaModel":
         """Load a transformers base model and a draft head folder (``config.json`` + weights).
 
-        ``ea_model_path`` may be a local folder or a hub repo id. ``hf_kwargs`` go to
+        ``ea_model_path`` may be a local folder or a hub repo id. With neither path, the embedded
+        SmolLM2-135M-Instruct and its shipped head are used; ``shipped_head="eagle2"`` picks the
+        shipped dense EAGLE-2 head instead of the Jakiro head. ``hf_kwargs`` go to
         ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``/``dtype``, ``device_map``, ...).
         ``total_token=-1`` picks the tree size by timing verification on this device.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if base_model_path is None:
-            from ..embedded import smollm2_path
+        from ..embedded import shipped_head_path, smollm2_path
 
-            base_model_path = smollm2_path()
         if ea_model_path is None:
-            raise ValueError("ea_model_path is required: pass a draft-head folder or hub repo id")
+            if base_model_path is not None:
+                raise ValueError("ea_model_path is required with a base_model_path: pass a draft-head folder or hub repo id")
+            ea_model_path = shipped_head_path(shipped_head)
+        if base_model_path is None:
+            base_model_path = smollm2_path()
         folder = resolve_draft_folder(ea_model_path)
         config = EConfig.from_pretrained(folder)
         state = read_state_dict(folder)

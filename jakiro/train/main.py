@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--rollout-steps", type=int, default=5, help="steps of the held-out acceptance estimate")
     p.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps (0: per epoch)")
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
+                   help="autocast precision (default: accelerate's setting, else no); bf16 is much faster on CPUs "
+                        "with avx512_bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -146,7 +150,8 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     # cpu=True lets torchrun-launched CPU processes form a gloo group (accelerate ignores it with CUDA).
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     if args.basepath is None:
         from ..embedded import smollm2_path
@@ -213,6 +218,7 @@ def main(argv=None) -> None:
         accelerator.wait_for_everyone()
 
     for epoch in range(start_epoch, args.num_epochs):
+        epoch_start = time.perf_counter()
         model.train()
         generator = torch.Generator().manual_seed(args.seed + epoch)
         loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
@@ -229,8 +235,9 @@ def main(argv=None) -> None:
                 features = batch["hidden_states"]
                 if args.noise_std:
                     features = features + (torch.rand_like(features) - 0.5) * args.noise_std
-                predict = model(features, batch["input_ids"])
-                loss, terms = compute_loss(predict, batch, head_weight, args)
+                with accelerator.autocast():
+                    predict = model(features, batch["input_ids"])
+                    loss, terms = compute_loss(predict, batch, head_weight, args)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -245,7 +252,8 @@ def main(argv=None) -> None:
                 break
         train_metrics = summarise(accelerator, totals, "train")
         test_metrics = evaluate(accelerator, model, test_loader, head_weight, args)
-        record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], **train_metrics, **test_metrics}
+        record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - epoch_start, 1),
+                  **train_metrics, **test_metrics}
         state_dir = os.path.join(args.cpdir, f"state_{epoch}")
         if accelerator.is_main_process:
             save_draft_head(accelerator.unwrap_model(model), state_dir, getattr(torch, args.save_dtype))
@@ -288,10 +296,11 @@ def evaluate(accelerator, model, loader, head_weight, args) -> dict[str, float]:
     hits, trials = torch.zeros(args.rollout_steps), torch.zeros(args.rollout_steps)
     unwrapped = accelerator.unwrap_model(model)
     for batch in loader:
-        predict = unwrapped(batch["hidden_states"], batch["input_ids"], penult_forward=True)  # both branches
-        loss, terms = compute_loss(predict, batch, head_weight, args)
+        with accelerator.autocast():
+            predict = unwrapped(batch["hidden_states"], batch["input_ids"], penult_forward=True)  # both branches
+            loss, terms = compute_loss(predict, batch, head_weight, args)
+            h, t = rollout_acceptance(unwrapped, batch, head_weight, args.rollout_steps)
         accumulate(totals, loss, terms)
-        h, t = rollout_acceptance(unwrapped, batch, head_weight, args.rollout_steps)
         hits, trials = hits + h, trials + t
     if not totals:
         return {}
