@@ -73,10 +73,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = run("tiny (64 hidden, 2 layers, V=256)", tiny_base(eos=None), 256, args.new_tokens, args.prompts)
-    rows += run("small (512 hidden, 8 layers, V=8192)", small_base(), 8192, args.new_tokens, args.prompts)
+    rows = []
+    if "tiny" in args.models:
+        rows += run("tiny (64 hidden, 2 layers, V=256)", tiny_base(eos=None), 256, args.new_tokens, args.prompts)
+    if "small" in args.models:
+        rows += run("small (512 hidden, 8 layers, V=8192)", small_base(), 8192, args.new_tokens, args.prompts)
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"float32, greedy, {args.new_tokens} new tokens x {args.prompts} prompts\n")
     print("| model | total_token/depth/top_k | tau | eagenerate tok/s | generate tok/s | ratio | identical |")

@@ -2,9 +2,8 @@
 
     python -m jakiro.demo [--ea-model-path DIR] [--base-model-path DIR] [--prompt TEXT]
 
-With no paths it uses the embedded SmolLM2-135M-Instruct. Until a trained SmolLM2 head ships with
-the package, the default draft head is freshly initialised: the output is still exactly the base
-model's, but almost no draft token is accepted (tau close to 1), so expect no speed-up.
+With no paths it uses the embedded SmolLM2-135M-Instruct and the Jakiro head shipped with the
+package (``--shipped-head eagle2`` for the EAGLE-2 head).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model-path", "--base_model_path", default=None)
     parser.add_argument("--ea-model-path", "--ea_model_path", default=None)
+    parser.add_argument("--shipped-head", default="jakiro", choices=["jakiro", "eagle2"])
     parser.add_argument("--prompt", default="What is the capital of France? Answer in two sentences.")
     parser.add_argument("--max-new-tokens", "--max_new_token", type=int, default=64)
     parser.add_argument("--total-token", "--total_token", type=int, default=12)
@@ -30,22 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .model.ea_model import EaModel
 
-    from .embedded import smollm2_path
-    from .model.configs import EConfig
-    from .model.ea_model import EaModel, build_head
-
-    dtype = getattr(torch, args.dtype)
-    tree = dict(total_token=args.total_token, depth=args.depth, top_k=args.top_k)
-    base_path = args.base_model_path or smollm2_path()
-    if args.ea_model_path:
-        return EaModel.from_pretrained(base_path, args.ea_model_path, dtype=dtype, **tree)
-    print("note: no draft head given; using a freshly initialised Jakiro head (lossless, but expect tau ~ 1)")
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).eval()
-    torch.manual_seed(0)
-    head = build_head(EConfig.from_base_config(base.config), base)
-    return EaModel(base, head, AutoTokenizer.from_pretrained(base_path), **tree)
+    return EaModel.from_pretrained(args.base_model_path, args.ea_model_path, shipped_head=args.shipped_head,
+                                   dtype=getattr(torch, args.dtype), total_token=args.total_token,
+                                   depth=args.depth, top_k=args.top_k)
 
 
 def timed(fn):

@@ -67,12 +67,12 @@ def grow_tree(head: Model, hidden_states: torch.Tensor, input_ids: torch.Tensor,
     """
     k, depth, budget = head.top_k, head.depth, head.total_tokens
     root = input_ids[0, -1:].to(head.fc.weight.device)
-    tokens = input_ids[:, -hidden_states.shape[1] :].to(head.fc.weight.device)
+    next_tokens = input_ids[:, -hidden_states.shape[1] :].to(head.fc.weight.device)
     features = hidden_states.to(device=head.fc.weight.device, dtype=head.fc.weight.dtype)
     device, dtype = features.device, features.dtype
     hybrid = head.hybrid_last_level and head.is_moe and depth >= 2
 
-    out = head(features, tokens, use_cache=True, last_only=True)[0, -1]
+    out = head(features, next_tokens, use_cache=True, last_only=True)[0, -1]
     committed = head.kv_length
     scores, level_tokens = head.draft_logits(out, lm_head).topk(k)
 
@@ -121,8 +121,8 @@ def grow_tree(head: Model, hidden_states: torch.Tensor, input_ids: torch.Tensor,
         tree_allowed = torch.cat((tree_allowed[parent_rows], eye), dim=1)
 
     head.set_kv_length(committed)
-    tokens, scores, parents = torch.cat(cand_tokens), torch.cat(cand_scores), torch.cat(cand_parents)
-    return _select_tree(root, tokens, scores, parents, budget, levels=len(cand_tokens))
+    return _select_tree(root, torch.cat(cand_tokens), torch.cat(cand_scores), torch.cat(cand_parents), budget,
+                        levels=len(cand_tokens))
 
 
 def _select_tree(

@@ -1,0 +1,73 @@
+"""tau and tokens/s of the shipped SmolLM2 heads on MT-bench first turns, beside plain decoding.
+
+    python benchmarks/mtbench_tau.py [--questions 20] [--max-new-tokens 128] [--heads jakiro eagle2]
+
+Greedy, float32, one process; plain decoding is ``naivegenerate`` (same cache and stop rules).
+Writes ``results/mtbench_tau.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from jakiro.evaluation.questions import load_questions
+from jakiro.model.ea_model import EaModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--heads", nargs="+", default=["jakiro", "eagle2"])
+    parser.add_argument("--total-token", type=int, default=12)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--no-plain", action="store_true", help="measure tau only (no plain-decoding timing)")
+    parser.add_argument("--out", default="results/mtbench_tau.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    questions = load_questions(end=args.questions)
+    results = {"hardware": platform.processor() or platform.machine(), "dtype": "float32", "settings": vars(args), "heads": {}}
+    if os.path.isfile(args.out):  # keep the other heads' rows when measuring one head at a time
+        results["heads"] = json.load(open(args.out)).get("heads", {})
+    for kind in args.heads:
+        model = EaModel.from_pretrained(shipped_head=kind, total_token=args.total_token, depth=args.depth,
+                                        top_k=args.top_k, dtype=torch.float32)
+        tok = model.tokenizer
+        prompts = [tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)["input_ids"] for q in questions]
+        model.eagenerate(prompts[0], max_new_tokens=16)
+        model.naivegenerate(prompts[0], max_new_tokens=16)
+        new = steps = identical = 0
+        spec_time = plain_time = plain_new = 0.0
+        for ids in prompts:
+            start = time.perf_counter()
+            out, n, idx = model.eagenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
+            spec_time += time.perf_counter() - start
+            new, steps = new + n, steps + idx + 1
+            if args.no_plain:
+                continue
+            start = time.perf_counter()
+            ref, n_plain, _ = model.naivegenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
+            plain_time += time.perf_counter() - start
+            plain_new += n_plain
+            identical += int(torch.equal(out, ref))
+        row = {"tau": new / steps, "tokens": new, "steps": steps, "spec_tok_s": new / spec_time}
+        if not args.no_plain:
+            row.update(plain_tok_s=plain_new / plain_time, speedup=(new / spec_time) / (plain_new / plain_time),
+                       identical=f"{identical}/{len(prompts)}")
+        results["heads"][kind] = row
+        print(kind, json.dumps(row), flush=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

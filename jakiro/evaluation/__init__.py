@@ -1,0 +1,1 @@
+"""Evaluation: questions, answer generation and speed/acceptance measurement."""

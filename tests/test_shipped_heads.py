@@ -1,0 +1,34 @@
+"""The draft heads shipped for the embedded SmolLM2-135M-Instruct load and decode losslessly."""
+
+import os
+
+import pytest
+import torch
+
+from jakiro.embedded import SHIPPED_HEADS, shipped_head_path
+from jakiro.model.ea_model import EaModel
+
+PROMPTS = ["What is the capital of France? Answer in one sentence.", "Write a short poem about the sea."]
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED_HEADS))
+def test_shipped_head_is_small_and_lossless(kind):
+    folder = shipped_head_path(kind)
+    assert os.path.getsize(os.path.join(folder, "model.safetensors")) < 20 * 2**20
+    assert os.path.isfile(os.path.join(folder, "README.md"))
+    model = EaModel.from_pretrained(shipped_head=kind, total_token=12, depth=4, top_k=4, dtype=torch.float32)
+    assert model.ea_layer.is_moe == (kind == "jakiro")
+    tokens = steps = 0
+    for text in PROMPTS:
+        ids = model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                  return_tensors="pt", return_dict=True)["input_ids"]
+        reference = model.base_model.generate(ids, max_new_tokens=48, do_sample=False)
+        out, new, idx = model.eagenerate(ids, max_new_tokens=48, log=True)
+        assert torch.equal(out, reference)
+        tokens, steps = tokens + new, steps + idx + 1
+    assert tokens / steps > 1.2  # a trained head: drafts are accepted
+
+
+def test_unknown_shipped_head_is_an_error():
+    with pytest.raises(ValueError, match="shipped_head must be one of"):
+        EaModel.from_pretrained(shipped_head="medusa")
