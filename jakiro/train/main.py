@@ -78,6 +78,20 @@ def load_frozen_base_parts(basepath: str) -> tuple[torch.Tensor, torch.Tensor, o
     return head, embedding, config
 
 
+def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tensor) -> EConfig:
+    """``--configpath``, or a config derived from the base model; checked against ``--arch`` and the LM head."""
+    if args.configpath:
+        config = EConfig.from_pretrained(args.configpath)
+        if config.is_moe != (args.arch == "jakiro"):
+            raise ValueError(f"--arch {args.arch} does not match {args.configpath} (num_local_experts={config.num_local_experts})")
+    else:
+        config = EConfig.from_base_config(base_config, moe=args.arch == "jakiro")
+    if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
+        raise ValueError(f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
+                         f"base model's lm_head {list(head_weight.shape)}")
+    return config
+
+
 def branch_terms(predict, target, mask, head_weight, shift: int = 0) -> dict[str, torch.Tensor]:
     """Token and feature losses and top-k hits of one branch; ``shift`` predicts that many steps further.
 
@@ -158,15 +172,7 @@ def main(argv=None) -> None:
 
         args.basepath = smollm2_path()
     head_weight, embedding_weight, base_config = load_frozen_base_parts(args.basepath)
-    if args.configpath:
-        config = EConfig.from_pretrained(args.configpath)
-        if config.is_moe != (args.arch == "jakiro"):
-            raise ValueError(f"--arch {args.arch} does not match {args.configpath} (num_local_experts={config.num_local_experts})")
-    else:
-        config = EConfig.from_base_config(base_config, moe=args.arch == "jakiro")
-    if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
-        raise ValueError(f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
-                         f"base model's lm_head {list(head_weight.shape)}")
+    config = draft_config(args, base_config, head_weight)
 
     device = accelerator.device
     head_weight = head_weight.to(device)

@@ -19,9 +19,8 @@ import torch
 
 from ..model.checkpoint import save_draft_head
 from ..model.cnets import Model
-from ..model.configs import EConfig
 from .data import FeatureDataset, collate, sample_files, split
-from .main import compute_loss, load_frozen_base_parts
+from .main import compute_loss, draft_config, load_frozen_base_parts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,9 +60,7 @@ def main(argv=None) -> None:
     with open(args.deepspeed_config) as f:
         ds_config = json.load(f)
     head_weight, embedding_weight, base_config = load_frozen_base_parts(args.basepath)
-    config = EConfig.from_pretrained(args.configpath) if args.configpath else EConfig.from_base_config(
-        base_config, moe=args.arch == "jakiro")
-    model = Model(config)
+    model = Model(draft_config(args, base_config, head_weight))
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(0.9, 0.95))
