@@ -6,7 +6,8 @@
 Each conversation i of the (seeded, shuffled) data in ``[start, end)`` becomes
 ``OUT/<index>/data_<i>.safetensors`` holding ``input_ids`` [L] int64, ``hidden_state`` [L, H] (the
 base model's final-norm features) and ``loss_mask`` [L] int64 (1 on assistant tokens). Files are
-written atomically; a rerun skips finished ones, so an interrupted run loses at most one sample.
+written atomically; a rerun skips finished ones, so an interrupted run loses at most one sample
+(one batch of ``--regenerate-batch-size`` conversations with ``--regenerate``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def parse_args(template: str | None, argv=None) -> argparse.Namespace:
     parser.add_argument("--regenerate", action="store_true",
                         help="replace assistant turns by the base model's own greedy replies (self-distillation)")
     parser.add_argument("--regenerate-max-new-tokens", type=int, default=512)
+    parser.add_argument("--regenerate-batch-size", type=int, default=16,
+                        help="conversations whose replies are generated together (an interruption loses at most these)")
     parser.add_argument("--no-shuffle", action="store_true", help="take conversations in file order")
     args = parser.parse_args(argv)
     if template is not None:
@@ -66,22 +69,52 @@ def generation_prompt(template: str, messages: list[dict], tokenizer) -> str:
 
 
 @torch.no_grad()
-def regenerate(template: str, messages: list[dict], model, tokenizer, max_new_tokens: int) -> list[dict]:
-    """The conversation with every assistant reply replaced by the model's greedy answer."""
+def generate_replies(prompts: list[list[int]], model, tokenizer, max_new_tokens: int) -> list[str]:
+    """Greedy replies to a batch of tokenized prompts (left-padded, one ``generate`` call)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return [tokenizer.decode(row, skip_special_tokens=True).replace("</s>", "").strip() for row in out[:, width:]]
+
+
+@torch.no_grad()
+def regenerate(template: str, conversations: list[list[dict]], model, tokenizer, max_new_tokens: int,
+               max_len: int) -> list[list[dict]]:
+    """The conversations with every assistant reply replaced by the model's greedy answer.
+
+    Replies are generated turn by turn, batched over the conversations. A reply whose prompt
+    already fills ``max_len`` tokens is dropped with everything after it (training would truncate it
+    anyway); an empty greedy reply keeps the original text.
+    """
     from .templates import NO_SPECIAL_TOKENS
 
-    out: list[dict] = []
-    for message in messages:
-        if message["role"] != "assistant":
-            out.append(message)
-            continue
-        prompt = generation_prompt(template, out, tokenizer)
-        ids = tokenizer(prompt, add_special_tokens=template not in NO_SPECIAL_TOKENS, return_tensors="pt")["input_ids"]
-        ids = ids.to(model.device)
-        generated = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)[0, ids.shape[1] :]
-        reply = tokenizer.decode(generated, skip_special_tokens=True).replace("</s>", "").strip()
-        out.append({"role": "assistant", "content": reply or message["content"]})
-    return out
+    done: list[list[dict]] = [[] for _ in conversations]
+    todo = [list(c) for c in conversations]
+    while True:
+        batch: dict[int, list[int]] = {}
+        for j, queue in enumerate(todo):
+            while queue and queue[0]["role"] != "assistant":
+                done[j].append(queue.pop(0))
+            if not queue:
+                continue
+            prompt = generation_prompt(template, done[j], tokenizer)
+            ids = tokenizer(prompt, add_special_tokens=template not in NO_SPECIAL_TOKENS)["input_ids"]
+            if len(ids) >= max_len - 1:
+                queue.clear()
+                continue
+            batch[j] = ids
+        if not batch:
+            break
+        budget = min(max_new_tokens, max_len - min(len(p) for p in batch.values()))
+        for j, reply in zip(batch, generate_replies(list(batch.values()), model, tokenizer, budget)):
+            original = todo[j].pop(0)
+            done[j].append({"role": "assistant", "content": reply or original["content"]})
+    for messages in done:
+        while messages and messages[-1]["role"] != "assistant":
+            messages.pop()  # a trailing question without its reply teaches nothing
+    return done
 
 
 def save_sample(path: str, sample: dict[str, torch.Tensor]) -> None:
@@ -119,17 +152,26 @@ def main(template: str | None = None, argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.basepath, dtype=dtype, device_map=device).eval()
     save_dtype = getattr(torch, args.save_dtype)
     skipped = 0
-    for i, messages in tqdm(pending, desc=f"ge_data {args.template} [{args.index}]"):
+    batch_size = args.regenerate_batch_size if args.regenerate else 1
+    progress = tqdm(total=len(pending), desc=f"ge_data {args.template} [{args.index}]")
+    for first in range(0, len(pending), batch_size):
+        batch = pending[first : first + batch_size]
         if args.regenerate:
-            messages = regenerate(args.template, messages, model, tokenizer, args.regenerate_max_new_tokens)
-        input_ids, loss_mask = tokenize_with_mask(args.template, messages, tokenizer, args.max_len)
-        if int(loss_mask.sum()) == 0:
-            skipped += 1  # truncation cut every reply: nothing to learn
-            continue
-        with torch.no_grad():
-            out = model(input_ids[None].to(model.device), output_hidden_states=True)
-        sample = {"input_ids": input_ids, "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype), "loss_mask": loss_mask}
-        save_sample(os.path.join(folder, f"data_{i}.safetensors"), sample)
+            replies = regenerate(args.template, [m for _, m in batch], model, tokenizer,
+                                 args.regenerate_max_new_tokens, args.max_len)
+            batch = [(i, m) for (i, _), m in zip(batch, replies)]
+        for i, messages in batch:
+            progress.update(1)
+            input_ids, loss_mask = tokenize_with_mask(args.template, messages, tokenizer, args.max_len)
+            if int(loss_mask.sum()) == 0:
+                skipped += 1  # truncation cut every reply: nothing to learn
+                continue
+            with torch.no_grad():
+                out = model(input_ids[None].to(model.device), output_hidden_states=True)
+            sample = {"input_ids": input_ids, "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype),
+                      "loss_mask": loss_mask}
+            save_sample(os.path.join(folder, f"data_{i}.safetensors"), sample)
+    progress.close()
     if skipped:
         print(f"{skipped} conversations had no assistant token left after truncation to {args.max_len} and were skipped")
 
