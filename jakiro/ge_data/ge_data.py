@@ -19,10 +19,9 @@ import random
 import torch
 
 from .conversations import load_conversations
-from .templates import TEMPLATES, render, tokenize_with_mask
+from .templates import TEMPLATES, prompt_ids, tokenize_with_mask
 
 SHUFFLE_SEED = 42
-PLACEHOLDER = "\u2063\u2063reply\u2063\u2063"
 
 
 def parse_args(template: str | None, argv=None) -> argparse.Namespace:
@@ -62,12 +61,6 @@ def select(conversations: list, start: int, end: int, shuffle: bool) -> list[tup
     return [(i, conversations[order[i]]) for i in range(start, min(end, len(order)))]
 
 
-def generation_prompt(template: str, messages: list[dict], tokenizer) -> str:
-    """The text a model sees before writing the next assistant reply."""
-    text, _ = render(template, messages + [{"role": "assistant", "content": PLACEHOLDER}], tokenizer)
-    return text[: text.index(PLACEHOLDER)].rstrip(" ")
-
-
 @torch.no_grad()
 def generate_replies(prompts: list[list[int]], model, tokenizer, max_new_tokens: int) -> list[str]:
     """Greedy replies to a batch of tokenized prompts (left-padded, one ``generate`` call)."""
@@ -88,8 +81,6 @@ def regenerate(template: str, conversations: list[list[dict]], model, tokenizer,
     already fills ``max_len`` tokens is dropped with everything after it (training would truncate it
     anyway); an empty greedy reply keeps the original text.
     """
-    from .templates import NO_SPECIAL_TOKENS
-
     done: list[list[dict]] = [[] for _ in conversations]
     todo = [list(c) for c in conversations]
     while True:
@@ -99,8 +90,7 @@ def regenerate(template: str, conversations: list[list[dict]], model, tokenizer,
                 done[j].append(queue.pop(0))
             if not queue:
                 continue
-            prompt = generation_prompt(template, done[j], tokenizer)
-            ids = tokenizer(prompt, add_special_tokens=template not in NO_SPECIAL_TOKENS)["input_ids"]
+            ids = prompt_ids(template, done[j], tokenizer)
             if len(ids) >= max_len - 1:
                 queue.clear()
                 continue

@@ -128,3 +128,21 @@ def tokenize_with_mask(template: str, messages: list[dict], tokenizer, max_len: 
         int(start != end and any(start < b and end > a for a, b in spans)) for start, end in encoded["offset_mapping"]
     ]
     return torch.tensor(encoded["input_ids"], dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+PLACEHOLDER = "\u2063\u2063reply\u2063\u2063"
+
+
+def chat_prompt(template: str, messages: list[dict], tokenizer=None) -> str:
+    """The text a model sees before writing the next assistant reply to ``messages``.
+
+    ``template`` is one of ``TEMPLATES`` or ``"chat_template"`` (the tokenizer's own template).
+    """
+    text, _ = render(template, messages + [{"role": "assistant", "content": PLACEHOLDER}], tokenizer)
+    return text[: text.index(PLACEHOLDER)].rstrip(" ")
+
+
+def prompt_ids(template: str, messages: list[dict], tokenizer) -> list[int]:
+    """Token ids of ``chat_prompt`` (with the tokenizer's BOS only where the template has none)."""
+    text = chat_prompt(template, messages, tokenizer)
+    return tokenizer(text, add_special_tokens=template not in NO_SPECIAL_TOKENS)["input_ids"]
