@@ -152,6 +152,9 @@ def main(template: str | None = None, argv=None) -> None:
             batch = [(i, m) for (i, _), m in zip(batch, replies)]
         for i, messages in batch:
             progress.update(1)
+            if not any(m["role"] == "assistant" for m in messages):
+                skipped += 1  # the first prompt alone fills max_len
+                continue
             input_ids, loss_mask = tokenize_with_mask(args.template, messages, tokenizer, args.max_len)
             if int(loss_mask.sum()) == 0:
                 skipped += 1  # truncation cut every reply: nothing to learn
@@ -163,7 +166,7 @@ def main(template: str | None = None, argv=None) -> None:
             save_sample(os.path.join(folder, f"data_{i}.safetensors"), sample)
     progress.close()
     if skipped:
-        print(f"{skipped} conversations had no assistant token left after truncation to {args.max_len} and were skipped")
+        print(f"{skipped} conversations had no assistant token within {args.max_len} tokens and were skipped")
 
 
 if __name__ == "__main__":

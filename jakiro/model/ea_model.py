@@ -179,7 +179,9 @@ class EaModel(nn.Module):
         log: bool = False,
         is_llama3: bool = False,
     ):
-        """Plain token-by-token decoding with the same cache and stop rules (the baseline)."""
+        """Plain token-by-token decoding with the same cache and stop rules (the baseline).
+
+        With ``log`` it returns ``(input_ids, new_token, idx)`` with ``idx = new_token - 1``."""
         for ids, new_token, idx in self._naive(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
             pass
         return (ids, new_token, idx) if log else ids
@@ -240,14 +242,13 @@ class EaModel(nn.Module):
         prompt_len = ids.shape[1]
         cache = self._fresh_cache(limit)
         logits, _ = self._forward(ids, cache, last_logits_only=True)
-        steps = 0
         while True:
             ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), limit, stops)
-            yield ids, ids.shape[1] - prompt_len, steps - 1
+            new_tokens = ids.shape[1] - prompt_len
+            yield ids, new_tokens, new_tokens - 1  # the reference's idx: one step per token
             if done:
                 return
             logits, _ = self._forward(ids[:, -1:], cache, last_logits_only=True)
-            steps += 1
 
     # ------------------------------------------------------------------ pieces of the loops
 
