@@ -210,3 +210,42 @@ def test_deepspeed_trains_a_loadable_head(workspace, features, tmp_path):
     history = metrics(cpdir)
     assert len(history) == 2 and history[1]["train/loss"] < history[0]["train/loss"]
     EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_1"), total_token=8, depth=2, top_k=2)
+
+
+def test_regenerate_replaces_replies_with_the_models_greedy_answers(workspace, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from jakiro.ge_data.templates import prompt_ids
+
+    model = AutoModelForCausalLM.from_pretrained(workspace / "base").eval()
+    conversations, _ = load_conversations(str(workspace / "data.jsonl"))
+    long_question = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    batch = conversations[:3] + [long_question]
+    out = ge_data_module.regenerate("chat_template", batch, model, tokenizer, max_new_tokens=6, max_len=200)
+    assert out[3] == []  # its first prompt alone fills max_len: nothing left to learn
+    for original, new in zip(batch[:3], out[:3]):
+        assert [m["role"] for m in new] == [m["role"] for m in original]
+        history = []
+        for before, after in zip(original, new):
+            if before["role"] == "user":
+                assert after == before
+            else:
+                ids = torch.tensor([prompt_ids("chat_template", history, tokenizer)])
+                greedy = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
+                assert after["content"] == (tokenizer.decode(greedy, skip_special_tokens=True).strip() or before["content"])
+                assert after["content"] != before["content"]
+            history.append(after)
+
+
+def test_ge_data_regenerate_writes_the_new_replies(workspace, tokenizer):
+    out = workspace / "regen"
+    ge_data_module.main("chat_template", ["--basepath", str(workspace / "base"), "--data", str(workspace / "data.jsonl"),
+                                          "--start", "0", "--end", "3", "--index", "0", "--outdir", str(out),
+                                          "--regenerate", "--regenerate-max-new-tokens", "5", "--regenerate-batch-size", "2"])
+    files = sorted(os.listdir(out / "0"))
+    assert len(files) == 3
+    for name in files:
+        sample = load_file(str(out / "0" / name))
+        learned = tokenizer.decode(sample["input_ids"][sample["loss_mask"].bool()])
+        assert "The answer is" not in learned and "You are welcome" not in learned
+        assert learned.count("<|im_end|>") == 2 and int(sample["loss_mask"].sum()) > 2  # two new replies
