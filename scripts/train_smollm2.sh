@@ -3,7 +3,7 @@
 # Every stage resumes: rerun the same command after an interruption.
 #   N conversations of ShareGPT V3 (seeded shuffle), at most MAX_LEN tokens each, EPOCHS epochs.
 #   REGENERATE=1 replaces the assistant replies by SmolLM2's own greedy answers (self-distillation,
-#   at most REPLY_TOKENS tokens each) before recording features.
+#   at most REPLY_TOKENS tokens each, first REGENERATE_TURNS exchanges) before recording features.
 set -euo pipefail
 N=${N:-1200}
 MAX_LEN=${MAX_LEN:-1024}
@@ -11,11 +11,12 @@ EPOCHS=${EPOCHS:-3}
 LR=${LR:-3e-4}
 REGENERATE=${REGENERATE:-0}
 REPLY_TOKENS=${REPLY_TOKENS:-256}
+REGENERATE_TURNS=${REGENERATE_TURNS:-1}
 ARCHS=${ARCHS:-jakiro eagle2}
 SUFFIX=$([ "$REGENERATE" = 1 ] && echo "-regen" || true)
 RUN=${RUN:-${JAKIRO_CACHE:-$HOME/.cache/jakiro}/runs/smollm2-sharegpt-n$N$SUFFIX}
 EXTRA=()
-[ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32)
+[ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
 PY=${PY:-python}
 mkdir -p "$RUN"
 echo "run folder: $RUN"

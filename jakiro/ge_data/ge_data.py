@@ -42,6 +42,9 @@ def parse_args(template: str | None, argv=None) -> argparse.Namespace:
     parser.add_argument("--regenerate", action="store_true",
                         help="replace assistant turns by the base model's own greedy replies (self-distillation)")
     parser.add_argument("--regenerate-max-new-tokens", type=int, default=512)
+    parser.add_argument("--regenerate-turns", type=int, default=0,
+                        help="keep only the first N exchanges of each conversation (0: all); each turn is one more "
+                             "round of batched generation")
     parser.add_argument("--regenerate-batch-size", type=int, default=16,
                         help="conversations whose replies are generated together (an interruption loses at most these)")
     parser.add_argument("--no-shuffle", action="store_true", help="take conversations in file order")
@@ -107,6 +110,16 @@ def regenerate(template: str, conversations: list[list[dict]], model, tokenizer,
     return done
 
 
+def first_exchanges(messages: list[dict], turns: int) -> list[dict]:
+    """The messages up to and including the ``turns``-th assistant reply."""
+    seen = 0
+    for end, message in enumerate(messages):
+        seen += message["role"] == "assistant"
+        if seen == turns:
+            return messages[: end + 1]
+    return messages
+
+
 def save_sample(path: str, sample: dict[str, torch.Tensor]) -> None:
     """Write one safetensors file atomically."""
     from safetensors.torch import save_file
@@ -147,6 +160,8 @@ def main(template: str | None = None, argv=None) -> None:
     for first in range(0, len(pending), batch_size):
         batch = pending[first : first + batch_size]
         if args.regenerate:
+            if args.regenerate_turns:
+                batch = [(i, first_exchanges(m, args.regenerate_turns)) for i, m in batch]
             replies = regenerate(args.template, [m for _, m in batch], model, tokenizer,
                                  args.regenerate_max_new_tokens, args.max_len)
             batch = [(i, m) for (i, _), m in zip(batch, replies)]

@@ -101,3 +101,25 @@ def save_draft_head(head: nn.Module, folder: str | os.PathLike, dtype: torch.dty
     save_file(state, target + ".tmp", metadata={"format": "pt"})
     os.replace(target + ".tmp", target)
     head.config.save_pretrained(folder)
+
+
+DRAFT_VOCAB_FILE = "draft_vocab.safetensors"
+
+
+def save_draft_vocab(folder: str | os.PathLike, token_ids: torch.Tensor, counts: torch.Tensor) -> None:
+    """Write the training data's token ranking (most frequent first) next to a draft head, atomically."""
+    from safetensors.torch import save_file
+
+    target = os.path.join(os.fspath(folder), DRAFT_VOCAB_FILE)
+    save_file({"token_ids": token_ids.long().contiguous(), "counts": counts.long().contiguous()}, target + ".tmp")
+    os.replace(target + ".tmp", target)
+
+
+def read_draft_vocab(folder: str) -> torch.Tensor | None:
+    """The ranked token ids saved with a head, or None when the folder has none."""
+    path = os.path.join(folder, DRAFT_VOCAB_FILE)
+    if not os.path.isfile(path):
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(path)["token_ids"].long()

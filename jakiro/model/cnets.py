@@ -214,6 +214,7 @@ class Model(nn.Module):
         # Drafting settings, set by EaModel.from_pretrained.
         self.total_tokens, self.depth, self.top_k, self.threshold = 59, 5, 10, 1.0
         self.hybrid_last_level = config.is_moe
+        self.set_draft_vocab(None)
 
     def set_embedding(self, embed_tokens: nn.Embedding) -> None:
         """Use ``embed_tokens`` (normally the base model's, frozen) without registering it as a submodule,
@@ -277,9 +278,42 @@ class Model(nn.Module):
                 x = layer(x, cos_sin, attention_mask, cache, both)
         return x
 
+    def set_draft_vocab(self, token_ids: torch.Tensor | None, lm_head: nn.Module | None = None) -> None:
+        """Draft over ``token_ids`` only (None: the whole vocabulary).
+
+        The draft LM head then multiplies by the matching rows of ``lm_head`` (a [K, H] copy made
+        here), which makes drafting cheaper when the vocabulary is large. Verification still uses the
+        full vocabulary, so the output is unchanged; only tokens outside the set cannot be drafted.
+        """
+        if token_ids is None:
+            object.__setattr__(self, "draft_vocab", None)
+            object.__setattr__(self, "draft_lm_head", None)
+            return
+        weight = lm_head.weight
+        token_ids = token_ids.to(device=weight.device, dtype=torch.long)
+        if token_ids.dim() != 1 or not 0 < token_ids.numel() <= weight.shape[0]:
+            raise ValueError(f"draft vocabulary must be a non-empty 1-D list of at most {weight.shape[0]} token ids")
+        if int(token_ids.min()) < 0 or int(token_ids.max()) >= weight.shape[0]:
+            raise ValueError(f"draft vocabulary holds token ids outside [0, {weight.shape[0]})")
+        bias = getattr(lm_head, "bias", None)
+        sliced = nn.Linear(weight.shape[1], token_ids.numel(), bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            sliced.weight.copy_(weight[token_ids])
+            if bias is not None:
+                sliced.bias.copy_(bias[token_ids])
+        object.__setattr__(self, "draft_vocab", token_ids)
+        object.__setattr__(self, "draft_lm_head", sliced.requires_grad_(False))
+
     def draft_logits(self, features: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Next-token log-probabilities from draft features (float32)."""
+        """Next-token log-probabilities from draft features (float32), over the draft vocabulary."""
+        if self.draft_lm_head is not None:
+            lm_head = self.draft_lm_head
         return torch.log_softmax(lm_head(features).float(), dim=-1)
+
+    def draft_topk(self, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best (log-probability, token id) pairs of ``draft_logits`` rows."""
+        scores, index = logp.topk(k, dim=-1)
+        return scores, index if self.draft_vocab is None else self.draft_vocab[index]
 
     @torch.no_grad()
     def topK_genrate(self, hidden_states, input_ids, head, logits_processor=None):  # noqa: N802 (reference name)

@@ -74,7 +74,7 @@ def grow_tree(head: Model, hidden_states: torch.Tensor, input_ids: torch.Tensor,
 
     out = head(features, next_tokens, use_cache=True, last_only=True)[0, -1]
     committed = head.kv_length
-    scores, level_tokens = head.draft_logits(out, lm_head).topk(k)
+    scores, level_tokens = head.draft_topk(head.draft_logits(out, lm_head), k)
 
     cand_tokens, cand_scores = [level_tokens], [scores]
     cand_parents = [torch.full((k,), -1, dtype=torch.long, device=device)]
@@ -105,7 +105,7 @@ def grow_tree(head: Model, hidden_states: torch.Tensor, input_ids: torch.Tensor,
             else:
                 out = out[0]
                 child_logp = head.draft_logits(out, lm_head)
-        child_scores, child_tokens = child_logp.topk(k, dim=-1)
+        child_scores, child_tokens = head.draft_topk(child_logp, k)
         cumulative = (child_scores + scores[:, None]).flatten()
         offset = sum(t.numel() for t in cand_tokens)
         cand_tokens.append(child_tokens.flatten())

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import EMBEDDING_KEY, check_fits_base, check_state_dict, read_state_dict, resolve_draft_folder
+from .checkpoint import (EMBEDDING_KEY, check_fits_base, check_state_dict, read_draft_vocab, read_state_dict,
+                         resolve_draft_folder)
 from .cnets import Model, additive_mask
 from .configs import EConfig
 from .draft_tree import DraftTree
@@ -26,6 +27,8 @@ from .kv_cache import KVCache
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
 TREE_SIZE_CANDIDATES = (8, 12, 16, 24, 32, 40, 48, 60)
+# Draft over the most frequent tokens of the head's training data when it saw at least this many.
+DEFAULT_DRAFT_VOCAB_SIZE = 8192
 
 
 class EaModel(nn.Module):
@@ -56,6 +59,7 @@ class EaModel(nn.Module):
         self.ea_layer = ea_layer
         self.tokenizer = tokenizer
         self.cache: KVCache | None = None
+        self.draft_vocab_ranking: torch.Tensor | None = None
         forward_args = inspect.signature(base_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward_args
@@ -74,6 +78,7 @@ class EaModel(nn.Module):
         top_k: int = 10,
         threshold: float = 1.0,
         shipped_head: str = "jakiro",
+        draft_vocab_size: int | None = None,
         **hf_kwargs: Any,
     ) -> "EaModel":
         """Load a transformers base model and a draft head folder (``config.json`` + weights).
@@ -83,6 +88,10 @@ class EaModel(nn.Module):
         shipped dense EAGLE-2 head instead of the Jakiro head. ``hf_kwargs`` go to
         ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``/``dtype``, ``device_map``, ...).
         ``total_token=-1`` picks the tree size by timing verification on this device.
+        ``draft_vocab_size``: draft over that many of the most frequent tokens of the head's training
+        data (``draft_vocab.safetensors`` in the head folder); 0 drafts over the whole vocabulary;
+        None uses ``DEFAULT_DRAFT_VOCAB_SIZE`` when the folder ranks at least that many tokens.
+        Verification always uses the full vocabulary, so the output does not change.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,22 +103,59 @@ class EaModel(nn.Module):
             ea_model_path = shipped_head_path(shipped_head)
         if base_model_path is None:
             base_model_path = smollm2_path()
-        folder = resolve_draft_folder(ea_model_path)
-        config = EConfig.from_pretrained(folder)
-        state = read_state_dict(folder)
-
         if "torch_dtype" in hf_kwargs:  # transformers 5 renamed it
             hf_kwargs.setdefault("dtype", hf_kwargs.pop("torch_dtype"))
         hf_kwargs.setdefault("dtype", "auto")
+        folder = resolve_draft_folder(ea_model_path)
+        EConfig.from_pretrained(folder)  # a bad head folder fails before the base model loads
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         try:
             tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         except (OSError, ValueError):
             tokenizer = None
+        return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size)
 
+    @classmethod
+    def from_base(
+        cls,
+        base_model: nn.Module,
+        ea_model_path: str,
+        tokenizer: Any = None,
+        total_token: int = 60,
+        depth: int = 5,
+        top_k: int = 10,
+        threshold: float = 1.0,
+        draft_vocab_size: int | None = None,
+    ) -> "EaModel":
+        """Wrap an already loaded base model with the draft head at ``ea_model_path`` (folder or hub id).
+
+        Several heads can share one base model this way (the benchmark does).
+        """
+        folder = resolve_draft_folder(ea_model_path)
+        config = EConfig.from_pretrained(folder)
+        state = read_state_dict(folder)
         check_fits_base(config, base_model)
         head = build_head(config, base_model, state)
-        return cls(base_model, head, tokenizer, total_token, depth, top_k, threshold)
+        model = cls(base_model, head, tokenizer, total_token, depth, top_k, threshold)
+        model.draft_vocab_ranking = read_draft_vocab(folder)
+        ranked = 0 if model.draft_vocab_ranking is None else model.draft_vocab_ranking.numel()
+        if draft_vocab_size is None:
+            draft_vocab_size = DEFAULT_DRAFT_VOCAB_SIZE if ranked >= DEFAULT_DRAFT_VOCAB_SIZE else 0
+        model.set_draft_vocab_size(draft_vocab_size)
+        return model
+
+    def set_draft_vocab_size(self, size: int) -> None:
+        """Draft over the ``size`` most frequent training tokens (0: the whole vocabulary)."""
+        if size == 0:
+            self.ea_layer.set_draft_vocab(None)
+            return
+        ranking = self.draft_vocab_ranking
+        if ranking is None:
+            raise ValueError("draft_vocab_size needs a token ranking (draft_vocab.safetensors in the head folder)")
+        if not isinstance(size, int) or not self.ea_layer.top_k <= size <= ranking.numel():
+            raise ValueError(f"draft_vocab_size must be 0 or an integer in [top_k={self.ea_layer.top_k}, "
+                             f"{ranking.numel()}] (tokens ranked for this head), got {size!r}")
+        self.ea_layer.set_draft_vocab(ranking[:size], self.lm_head)
 
     def set_tree(self, total_token: int = 60, depth: int = 5, top_k: int = 10, threshold: float = 1.0) -> None:
         """Set the tree shape: ``total_token`` nodes including the root (-1: time it), ``depth``, ``top_k``."""

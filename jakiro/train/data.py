@@ -70,3 +70,20 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             padded.append(torch.nn.functional.pad(tensor, pad))
         out[key] = torch.stack(padded)
     return out
+
+
+def token_ranking(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the learned (assistant) positions, most frequent first, and their counts."""
+    from safetensors import safe_open
+
+    total = torch.zeros(0, dtype=torch.long)
+    for path in files:
+        with safe_open(path, "pt") as f:
+            ids, mask = f.get_tensor("input_ids").long(), f.get_tensor("loss_mask").bool()
+        found = torch.bincount(ids[mask])
+        if found.numel() > total.numel():
+            total = torch.nn.functional.pad(total, (0, found.numel() - total.numel()))
+        total[: found.numel()] += found
+    order = torch.argsort(total, descending=True, stable=True)
+    order = order[total[order] > 0]
+    return order, total[order]

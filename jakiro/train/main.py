@@ -23,10 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..model.checkpoint import save_draft_head
+from ..model.checkpoint import save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
-from .data import FeatureDataset, collate, sample_files, split
+from .data import FeatureDataset, collate, sample_files, split, token_ranking
 
 CHECKPOINT = "checkpoint"
 
@@ -181,6 +181,7 @@ def main(argv=None) -> None:
     files = sample_files(args.tmpdir)
     train_files, test_files = split(files, args.test_fraction)
     train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
+    ranking = token_ranking(train_files) if accelerator.is_main_process else None  # for a draft sub-vocabulary
     batches_per_epoch = math.ceil(len(train_set) / (args.bs * accelerator.num_processes))
     total_steps = args.num_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     warmup_steps = min(args.warmup_steps, total_steps // 10 + 1)
@@ -263,6 +264,7 @@ def main(argv=None) -> None:
         state_dir = os.path.join(args.cpdir, f"state_{epoch}")
         if accelerator.is_main_process:
             save_draft_head(accelerator.unwrap_model(model), state_dir, getattr(torch, args.save_dtype))
+            save_draft_vocab(state_dir, *ranking)
             with open(os.path.join(args.cpdir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
         accelerator.print(json.dumps(record))

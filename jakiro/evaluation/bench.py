@@ -1,0 +1,365 @@
+"""Side-by-side benchmark: every decoding method on the same prompts, dtype and token budget, in one process.
+
+    python -m jakiro.evaluation.bench [--questions 80] [--max-new-tokens 256] [--temperatures 0 1]
+                                      [--methods generate pld naive eagle2 jakiro jakiro-nohybrid jakiro-star]
+                                      [--dtype float32] [--out results/bench]
+
+Methods: transformers ``generate`` (greedy / sampling), transformers prompt-lookup decoding
+(``prompt_lookup_num_tokens``), ``naivegenerate``, and ``eagenerate`` with the shipped EAGLE-2,
+Jakiro (with and without the hybrid last step) and Jakiro* heads, all sharing one base model.
+Prompts are MT-bench first turns in the tokenizer's chat template. Every prompt runs every method
+before the next prompt starts, so a change in machine load hits all methods alike.
+
+Reported per method and temperature: τ (new tokens per base-model forward after the prefill), tokens/s, speed-up over
+``generate``, the time split between drafting and verification, the peak memory added while it ran,
+the base-model weight bytes read per second (bytes × forwards/s) against this machine's measured
+memory bandwidth, and, at temperature 0, how many outputs are token-identical to ``generate``.
+Results go to ``<out>/bench.json``, ``bench.md`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star"]
+ABLATION = ["jakiro", "jakiro-nohybrid", "eagle2"]
+
+
+@dataclass
+class Tally:
+    """Totals of one method at one temperature over all prompts."""
+
+    tokens: int = 0
+    forwards: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    draft_seconds: float = 0.0
+    identical: int = 0
+    compared: int = 0
+    peak_extra_mb: float = 0.0
+    outputs: list = field(default_factory=list)
+
+
+class PeakMemory:
+    """Peak resident memory (CPU) or allocated memory (CUDA) above the level at entry, in MB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak = device, 0.0
+
+    @staticmethod
+    def rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated() / 2**20
+            return self
+        self.start, self.running = self.rss(), True
+        self.top = self.start
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while self.running:
+            self.top = max(self.top, self.rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() / 2**20 - self.start
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.top, self.rss()) - self.start
+
+
+def memory_bandwidth_gbs(device: torch.device, megabytes: int = 256) -> float:
+    """Measured copy bandwidth (bytes read + written per second) of this device, in GB/s."""
+    source = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).uniform_()
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() * 4 / best / 1e9
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model-path", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    parser.add_argument("--jakiro-path", default=None, help="Jakiro head (default: the shipped one)")
+    parser.add_argument("--eagle2-path", default=None, help="EAGLE-2 head (default: the shipped one)")
+    parser.add_argument("--jakiro-star-path", default=None, help="Jakiro* head (default: the shipped one)")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=DEFAULT_METHODS)
+    parser.add_argument("--question-file", default=None, help="question.jsonl (default: MT-bench)")
+    parser.add_argument("--questions", type=int, default=80, help="first N questions (first turns)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--total-token", type=int, default=12, help="tree size incl. root (-1: time it)")
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary; default: the head's")
+    parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
+    parser.add_argument("--out", default=os.path.join("results", "bench"))
+    return parser.parse_args(argv)
+
+
+def load_methods(args: argparse.Namespace, device: torch.device):
+    """The base model, tokenizer and one callable per method: ``run(ids, temperature, budget) -> ids``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..embedded import shipped_head_path, smollm2_path
+    from ..model.ea_model import EaModel
+
+    path = args.base_model_path or smollm2_path()
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    eos = base.generation_config.eos_token_id
+    heads = {"eagle2": args.eagle2_path, "jakiro": args.jakiro_path, "jakiro-nohybrid": args.jakiro_path,
+             "jakiro-star": args.jakiro_star_path}
+    shipped = {"eagle2": "eagle2", "jakiro": "jakiro", "jakiro-nohybrid": "jakiro", "jakiro-star": "jakiro_star"}
+    methods, speculative = {}, {}
+
+    def hf(**extra):
+        def run(ids, temperature, budget):
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {"do_sample": False}
+            return base.generate(ids, max_new_tokens=budget, pad_token_id=eos, **sampling, **extra)
+        return run
+
+    for name in args.methods:
+        if name == "generate":
+            methods[name] = hf()
+        elif name == "pld":
+            methods[name] = hf(prompt_lookup_num_tokens=args.prompt_lookup_tokens)
+        else:
+            if name == "naive":
+                model = speculative.get("jakiro") or EaModel.from_base(base, heads["jakiro"] or shipped_head_path("jakiro"), tokenizer)
+            else:
+                model = EaModel.from_base(base, heads[name] or shipped_head_path(shipped[name]), tokenizer,
+                                          total_token=args.total_token, depth=args.depth, top_k=args.top_k,
+                                          draft_vocab_size=args.draft_vocab_size)
+                if name == "jakiro-nohybrid":
+                    model.ea_layer.hybrid_last_level = False
+                speculative[name] = model
+            methods[name] = ea_runner(model, name == "naive")
+    return base, tokenizer, methods, speculative
+
+
+def ea_runner(model, naive: bool):
+    generate = model.naivegenerate if naive else model.eagenerate
+
+    def run(ids, temperature, budget):
+        return generate(ids, temperature=temperature, max_new_tokens=budget)
+
+    return run
+
+
+def timed_drafting(model) -> list[float]:
+    """Wrap the head's tree drafting with a timer; returns the list the durations go to."""
+    spent: list[float] = []
+    draft = model.ea_layer.topK_genrate
+    device = model.base_model.get_input_embeddings().weight.device
+
+    def timed(*args, **kwargs):
+        sync(device)
+        start = time.perf_counter()
+        tree = draft(*args, **kwargs)
+        sync(device)
+        spent.append(time.perf_counter() - start)
+        return tree
+
+    model.ea_layer.topK_genrate = timed
+    return spent
+
+
+def prompts(args: argparse.Namespace, tokenizer, device: torch.device) -> list[torch.Tensor]:
+    from .questions import load_questions
+
+    questions = load_questions(args.question_file, 0, args.questions)
+    out = []
+    for q in questions:
+        messages = [{"role": "user", "content": q["turns"][0]}]
+        out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)["input_ids"].to(device))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, tokenizer, methods, speculative = load_methods(args, device)
+    draft_timers = {name: timed_drafting(model) for name, model in speculative.items()}
+    inputs = prompts(args, tokenizer, device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    forwards = [0]
+    base.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    bandwidth = memory_bandwidth_gbs(device)
+    for run_method in methods.values():  # warm-up
+        run_method(inputs[0], 0.0, 8)
+
+    tallies = {t: {name: Tally() for name in methods} for t in args.temperatures}
+    bar = tqdm(total=len(inputs) * len(args.temperatures) * len(methods), desc="bench")
+    for temperature in args.temperatures:
+        for number, ids in enumerate(inputs):
+            reference = None
+            for name, run_method in methods.items():
+                tally = tallies[temperature][name]
+                spent = draft_timers.get(name, [])
+                spent.clear()
+                forwards[0] = 0
+                torch.manual_seed(number)
+                with PeakMemory(device) as memory:
+                    sync(device)
+                    start = time.perf_counter()
+                    out = run_method(ids, temperature, args.max_new_tokens)
+                    sync(device)
+                    seconds = time.perf_counter() - start
+                new = out.shape[1] - ids.shape[1]
+                tally.tokens += new
+                tally.forwards += forwards[0]
+                tally.steps += forwards[0] - 1  # the prefill is not a step
+                tally.seconds += seconds
+                tally.draft_seconds += sum(spent)
+                tally.peak_extra_mb = max(tally.peak_extra_mb, memory.peak)
+                if temperature == 0:
+                    if name == "generate":
+                        reference = out
+                    elif reference is not None:
+                        tally.compared += 1
+                        tally.identical += int(torch.equal(out, reference))
+                bar.update(1)
+    bar.close()
+    return summarise(args, tallies, weight_bytes, bandwidth, device)
+
+
+def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.device) -> dict:
+    rows = []
+    for temperature, by_method in tallies.items():
+        plain = by_method.get("generate")
+        plain_rate = plain.tokens / plain.seconds if plain and plain.seconds else None
+        for name, t in by_method.items():
+            rate = t.tokens / t.seconds
+            forwards_per_s = t.forwards / t.seconds
+            rows.append({
+                "method": name, "temperature": temperature, "tokens": t.tokens, "seconds": round(t.seconds, 2),
+                "tau": round(t.tokens / max(t.steps, 1), 3), "tokens_per_s": round(rate, 2),
+                "speedup": round(rate / plain_rate, 3) if plain_rate else None,
+                "draft_share": round(t.draft_seconds / t.seconds, 3) if t.draft_seconds else None,
+                "peak_extra_mb": round(t.peak_extra_mb, 1),
+                "weight_gbs": round(weight_bytes * forwards_per_s / 1e9, 2),
+                "identical": f"{t.identical}/{t.compared}" if t.compared else None,
+            })
+    return {
+        "date": time.strftime("%Y-%m-%d"), "hardware": hardware(device), "dtype": args.dtype,
+        "questions": args.questions, "max_new_tokens": args.max_new_tokens,
+        "tree": {"total_token": args.total_token, "depth": args.depth, "top_k": args.top_k},
+        "draft_vocab_size": args.draft_vocab_size, "torch_threads": torch.get_num_threads(),
+        "base_weight_mb": round(weight_bytes / 2**20, 1), "memory_bandwidth_gbs": round(bandwidth, 1), "rows": rows,
+    }
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.machine()
+    return f"{name}, {os.cpu_count()} CPU cores"
+
+
+def markdown(result: dict) -> str:
+    head = (f"{result['date']}, {result['hardware']}, {result['dtype']}, {result['questions']} MT-bench first turns, "
+            f"max_new_tokens {result['max_new_tokens']}, tree {result['tree']['total_token']}/{result['tree']['depth']}/"
+            f"{result['tree']['top_k']} (total/depth/top_k), base weights {result['base_weight_mb']} MB, "
+            f"measured copy bandwidth {result['memory_bandwidth_gbs']} GB/s")
+    lines = [head, "", "| method | T | τ | tokens/s | speed-up vs generate | drafting share | peak extra MB | "
+             "weights read GB/s | identical to generate |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        share = f"{r['draft_share']:.0%}" if r["draft_share"] is not None else "–"
+        lines.append(f"| {r['method']} | {r['temperature']:g} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['speedup']:.2f}x | {share} | {r['peak_extra_mb']:.0f} | {r['weight_gbs']:.1f} | "
+                     f"{r['identical'] or '–'} |")
+    ablation = [r for r in result["rows"] if r["method"] in ABLATION and r["temperature"] == 0]
+    if ablation:
+        lines += ["", "Ablation (T=0, same training data): hybrid parallel last step", "",
+                  "| head | τ | tokens/s | speed-up |", "|---|---|---|---|"]
+        for name in ABLATION:
+            for r in ablation:
+                if r["method"] == name:
+                    lines.append(f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temperatures = sorted({r["temperature"] for r in result["rows"]})
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2, 4))
+    width = 0.8 / len(temperatures)
+    for i, temperature in enumerate(temperatures):
+        rows = {r["method"]: r for r in result["rows"] if r["temperature"] == temperature}
+        xs = [m + i * width for m in range(len(methods))]
+        bars = ax.bar(xs, [rows[m]["tokens_per_s"] for m in methods], width, label=f"T={temperature:g}")
+        for bar, m in zip(bars, methods):
+            ax.annotate(f"τ {rows[m]['tau']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([m + width * (len(temperatures) - 1) / 2 for m in range(len(methods))], methods, rotation=20)
+    ax.set_ylabel("tokens/s")
+    ax.set_title(f"{result['hardware']}, {result['dtype']}, {result['questions']} MT-bench prompts", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(result: dict, out: str) -> None:
+    """JSON, markdown and PNG, each written atomically."""
+    os.makedirs(out, exist_ok=True)
+    for name, text in (("bench.json", json.dumps(result, indent=1)), ("bench.md", markdown(result))):
+        with open(os.path.join(out, name + ".tmp"), "w") as f:
+            f.write(text)
+        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+    chart(result, os.path.join(out, "bench.tmp.png"))
+    os.replace(os.path.join(out, "bench.tmp.png"), os.path.join(out, "bench.png"))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    write(result, args.out)
+    print(markdown(result))
+    print(f"written to {args.out}/bench.json, bench.md, bench.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
