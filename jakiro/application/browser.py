@@ -148,7 +148,8 @@ def free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the embedded model on a free loopback port and save the README screenshot."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m jakiro.application.browser", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/webui.png")
     parser.add_argument("--prompt", default="Give me three tips for staying focused while studying.")
     parser.add_argument("--max-new-tokens", type=int, default=96)

@@ -307,7 +307,8 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, sh
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m jakiro.application.webui", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ea-model-path", "--ea_model_path", default=None, help="draft head folder or hub id")
     parser.add_argument("--base-model-path", "--base_model_path", default=None, help="base model folder or hub id")
     parser.add_argument("--shipped-head", default="jakiro", choices=["jakiro", "eagle2"],
