@@ -208,11 +208,12 @@ def test_command_line_serves_the_embedded_model():
         process.stdout.close()
 
 
-def test_page_in_headless_chromium(url, tmp_path):
+def test_page_in_headless_chromium(request, tmp_path):
     try:
         find_chromium()
     except BrowserMissing as missing:
         pytest.skip(f"browser test needs Chromium: {missing}")
+    url = request.getfixturevalue("url")
     screenshot = tmp_path / "webui.png"
     with headless_chromium() as driver:
         seen = tour(driver, url, QUESTION, str(screenshot))

@@ -53,9 +53,16 @@ def headless_chromium(width: int = 1440, height: int = 1100) -> Iterator[Any]:
         driver.quit()
 
 
-def status_text(driver: Any) -> str:
+def status_text(driver: Any, tries: int = 20) -> str:
+    """The status line's text (read again when the page re-renders it under our feet)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
+    for _ in range(tries - 1):
+        try:
+            return driver.find_element(By.ID, "status").text.strip()
+        except StaleElementReferenceException:
+            continue
     return driver.find_element(By.ID, "status").text.strip()
 
 
