@@ -20,7 +20,7 @@ setup(
         "tqdm>=4.60",
         "numpy>=1.24",
         "fschat>=0.2.36",
-        "gradio>=5.0",
+        "gradio>=6.0",
     ],
-    extras_require={"test": ["pytest>=8"], "deepspeed": ["deepspeed>=0.14"]},
+    extras_require={"test": ["pytest>=8", "selenium>=4.20"], "deepspeed": ["deepspeed>=0.14"]},
 )

@@ -1,0 +1,1 @@
+"""Applications built on ``EaModel``: the web UI (``python -m jakiro.application.webui``)."""
