@@ -69,3 +69,18 @@ def test_bad_sub_vocabulary_is_refused():
     assert model.ea_layer.draft_lm_head.weight.shape[0] == 20
     model.set_draft_vocab_size(0)
     assert model.ea_layer.draft_lm_head is None
+
+
+def test_bfloat16_draft_head_keeps_the_output():
+    model = tiny_ea_model(total_token=12, depth=3, top_k=3)
+    model.draft_vocab_ranking = torch.arange(VOCAB)
+    model.set_draft_vocab_size(VOCAB // 2)
+    model.set_draft_dtype(torch.bfloat16)
+    assert model.ea_layer.fc.weight.dtype == torch.bfloat16 and model.ea_layer.draft_lm_head.weight.dtype == torch.bfloat16
+    assert model.base_model.dtype == torch.float32
+    identical, tau = greedy_runs(model)
+    assert identical == 4 and tau > 1
+    model.set_draft_vocab_size(0)  # full vocabulary: the base's float32 LM head on bfloat16 features
+    assert greedy_runs(model)[0] == 4
+    with pytest.raises(ValueError, match="floating-point"):
+        model.set_draft_dtype(torch.int8)

@@ -296,7 +296,8 @@ class Model(nn.Module):
         if int(token_ids.min()) < 0 or int(token_ids.max()) >= weight.shape[0]:
             raise ValueError(f"draft vocabulary holds token ids outside [0, {weight.shape[0]})")
         bias = getattr(lm_head, "bias", None)
-        sliced = nn.Linear(weight.shape[1], token_ids.numel(), bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        sliced = nn.Linear(weight.shape[1], token_ids.numel(), bias=bias is not None, device=weight.device,
+                           dtype=self.fc.weight.dtype)
         with torch.no_grad():
             sliced.weight.copy_(weight[token_ids])
             if bias is not None:
@@ -308,7 +309,7 @@ class Model(nn.Module):
         """Next-token log-probabilities from draft features (float32), over the draft vocabulary."""
         if self.draft_lm_head is not None:
             lm_head = self.draft_lm_head
-        return torch.log_softmax(lm_head(features).float(), dim=-1)
+        return torch.log_softmax(lm_head(features.to(lm_head.weight.dtype)).float(), dim=-1)
 
     def draft_topk(self, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` best (log-probability, token id) pairs of ``draft_logits`` rows."""

@@ -60,6 +60,7 @@ class EaModel(nn.Module):
         self.tokenizer = tokenizer
         self.cache: KVCache | None = None
         self.draft_vocab_ranking: torch.Tensor | None = None
+        self.draft_vocab_size = 0
         forward_args = inspect.signature(base_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward_args
@@ -79,6 +80,7 @@ class EaModel(nn.Module):
         threshold: float = 1.0,
         shipped_head: str = "jakiro",
         draft_vocab_size: int | None = None,
+        draft_dtype: torch.dtype | None = None,
         **hf_kwargs: Any,
     ) -> "EaModel":
         """Load a transformers base model and a draft head folder (``config.json`` + weights).
@@ -92,6 +94,8 @@ class EaModel(nn.Module):
         data (``draft_vocab.safetensors`` in the head folder); 0 drafts over the whole vocabulary;
         None uses ``DEFAULT_DRAFT_VOCAB_SIZE`` when the folder ranks at least that many tokens.
         Verification always uses the full vocabulary, so the output does not change.
+        ``draft_dtype`` (e.g. ``torch.bfloat16``) runs only the draft head in that dtype: cheaper
+        drafting on CPUs with bf16 matrix units, the same output (verification keeps the base dtype).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,7 +117,8 @@ class EaModel(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         except (OSError, ValueError):
             tokenizer = None
-        return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size)
+        return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size,
+                             draft_dtype)
 
     @classmethod
     def from_base(
@@ -126,6 +131,7 @@ class EaModel(nn.Module):
         top_k: int = 10,
         threshold: float = 1.0,
         draft_vocab_size: int | None = None,
+        draft_dtype: torch.dtype | None = None,
     ) -> "EaModel":
         """Wrap an already loaded base model with the draft head at ``ea_model_path`` (folder or hub id).
 
@@ -141,13 +147,24 @@ class EaModel(nn.Module):
         ranked = 0 if model.draft_vocab_ranking is None else model.draft_vocab_ranking.numel()
         if draft_vocab_size is None:
             draft_vocab_size = DEFAULT_DRAFT_VOCAB_SIZE if ranked >= DEFAULT_DRAFT_VOCAB_SIZE else 0
+        if draft_dtype is not None:
+            model.set_draft_dtype(draft_dtype)
         model.set_draft_vocab_size(draft_vocab_size)
         return model
+
+    def set_draft_dtype(self, dtype: torch.dtype) -> None:
+        """Run the draft head in ``dtype``; verification keeps the base model's dtype, so output is unchanged."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"draft_dtype must be a floating-point torch.dtype, got {dtype!r}")
+        self.ea_layer.to(dtype)
+        self.ea_layer.kv_cache = None  # reallocated in the new dtype
+        self.set_draft_vocab_size(self.draft_vocab_size)
 
     def set_draft_vocab_size(self, size: int) -> None:
         """Draft over the ``size`` most frequent training tokens (0: the whole vocabulary)."""
         if size == 0:
             self.ea_layer.set_draft_vocab(None)
+            self.draft_vocab_size = 0
             return
         ranking = self.draft_vocab_ranking
         if ranking is None:
@@ -156,6 +173,7 @@ class EaModel(nn.Module):
             raise ValueError(f"draft_vocab_size must be 0 or an integer in [top_k={self.ea_layer.top_k}, "
                              f"{ranking.numel()}] (tokens ranked for this head), got {size!r}")
         self.ea_layer.set_draft_vocab(ranking[:size], self.lm_head)
+        self.draft_vocab_size = size
 
     def set_tree(self, total_token: int = 60, depth: int = 5, top_k: int = 10, threshold: float = 1.0) -> None:
         """Set the tree shape: ``total_token`` nodes including the root (-1: time it), ``depth``, ``top_k``."""
