@@ -271,7 +271,7 @@ def run(args: argparse.Namespace, generate: Generate, load: Callable = load_mode
     return path
 
 
-def main(kind: str, template: str, argv=None) -> str:
-    """Entry point shared by the per-template scripts."""
+def main(kind: str, template: str, argv=None, load: Callable = load_model) -> str:
+    """Entry point shared by the per-template scripts; ``load(args)`` builds the model (jakiro_star passes its own)."""
     args = parse_args(kind, template, argv)
-    return run(args, speculative if kind == "ea" else baseline)
+    return run(args, speculative if kind == "ea" else baseline, load)
