@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.model.ea_model import EaModel, build_head
 
@@ -55,10 +56,10 @@ def tiny_base(family: str = "llama", attn: str = "sdpa", seed: int = 0, eos: int
     return model.eval()
 
 
-def bigram_head(base, moe: bool = True, seed: int = 1):
-    """A draft head for ``base`` that predicts the base model's bigram map."""
+def bigram_head(base, moe: bool = True, seed: int = 1, head_class: type[Model] = Model):
+    """A ``head_class`` draft head for ``base`` that predicts the base model's bigram map."""
     torch.manual_seed(seed)
-    head = build_head(EConfig.from_base_config(base.config, moe=moe), base)
+    head = build_head(EConfig.from_base_config(base.config, moe=moe), base, head_class=head_class)
     with torch.no_grad():
         hidden = head.config.hidden_size
         head.fc.weight.zero_()

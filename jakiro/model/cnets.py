@@ -169,7 +169,7 @@ class MixtralSparseMoeBlock_train(MixtralSparseMoeBlock):  # noqa: N801 (referen
 class DecoderLayer(nn.Module):
     """One LLaMA decoder layer; layer 0 has no input norm (its input is ``fc``'s output)."""
 
-    def __init__(self, config: EConfig, index: int) -> None:
+    def __init__(self, config: EConfig, index: int, moe_block: type[nn.Module] = MixtralSparseMoeBlock) -> None:
         super().__init__()
         self.index = index
         self.self_attn = Attention(config)
@@ -177,7 +177,7 @@ class DecoderLayer(nn.Module):
             self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if config.is_moe:
-            self.mlp_moe = MixtralSparseMoeBlock(config)
+            self.mlp_moe = moe_block(config)
         else:
             self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
@@ -197,7 +197,11 @@ class Model(nn.Module):
     position p+1 and predicts the base feature at p+1. In training mode (or with
     ``penult_forward=True`` on a MoE head) it returns ``[2,B,S,H]`` (MoE, contrastive branch);
     otherwise ``[B,S,H]``.
+
+    Subclasses change the MoE block (``moe_block``) and the drafting (``topK_genrate``).
     """
+
+    moe_block: type[nn.Module] = MixtralSparseMoeBlock
 
     def __init__(self, config: EConfig, embed_tokens: nn.Embedding | None = None) -> None:
         super().__init__()
@@ -208,12 +212,12 @@ class Model(nn.Module):
             embed_tokens.weight.requires_grad_(False)
         self.set_embedding(embed_tokens)
         self.fc = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=bool(config.bias))
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, self.moe_block) for i in range(config.num_hidden_layers))
         self.rotary = RotaryEmbedding(config)
         self.kv_cache: list[KVCacheLayer] | None = None
         # Drafting settings, set by EaModel.from_pretrained.
         self.total_tokens, self.depth, self.top_k, self.threshold = 59, 5, 10, 1.0
-        self.hybrid_last_level = config.is_moe
+        self.hybrid_last_level = self.two_branches
         self.set_draft_vocab(None)
 
     def set_embedding(self, embed_tokens: nn.Embedding) -> None:
@@ -224,6 +228,16 @@ class Model(nn.Module):
     @property
     def is_moe(self) -> bool:
         return self.config.is_moe
+
+    @property
+    def two_branches(self) -> bool:
+        """Whether the MLP block has a second (contrastive) branch: in training and on the penultimate step."""
+        return self.is_moe
+
+    @property
+    def draft_tree_positions(self) -> int:
+        """Most tree positions one ``topK_genrate`` call adds to the draft cache (they are discarded after it)."""
+        return self.top_k * (self.depth + 1)
 
     def reset_kv(self, capacity: int) -> None:
         """Start a new sequence; the draft cache holds up to ``capacity`` positions."""
@@ -266,7 +280,7 @@ class Model(nn.Module):
             attention_mask = causal_mask(length, past, hidden_states.dtype, hidden_states.device)
         cos_sin = self.rotary(position_ids, hidden_states.dtype)
         x = self.fc(torch.cat((embeds, hidden_states), dim=-1))
-        both = self.training or (penult_forward and self.is_moe)
+        both = self.two_branches and (self.training or penult_forward)
         for i, layer in enumerate(self.layers):
             cache = self.kv_cache[i] if use_cache else None
             last_layer = i == len(self.layers) - 1

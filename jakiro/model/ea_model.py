@@ -32,7 +32,13 @@ DEFAULT_DRAFT_VOCAB_SIZE = 8192
 
 
 class EaModel(nn.Module):
-    """Speculative decoding wrapper: ``base_model`` (transformers), ``ea_layer`` (draft head), ``tokenizer``."""
+    """Speculative decoding wrapper: ``base_model`` (transformers), ``ea_layer`` (draft head), ``tokenizer``.
+
+    Variants subclass it and set ``head_class`` (the draft head that loading builds) and their own
+    ``set_tree``; loading, verification, caches and the decoding loops are shared.
+    """
+
+    head_class: type[Model] = Model
 
     def __init__(
         self,
@@ -45,6 +51,11 @@ class EaModel(nn.Module):
         threshold: float = 1.0,
     ) -> None:
         super().__init__()
+        self._attach(base_model, ea_layer, tokenizer)
+        self.set_tree(total_token=total_token, depth=depth, top_k=top_k, threshold=threshold)
+
+    def _attach(self, base_model: nn.Module, ea_layer: Model, tokenizer: Any) -> None:
+        """Check that ``base_model`` can verify trees and that ``ea_layer`` fits it, then keep both."""
         attn = getattr(base_model.config, "_attn_implementation", None)
         if attn is not None and "flash" in attn:
             raise ValueError(
@@ -64,7 +75,6 @@ class EaModel(nn.Module):
         forward_args = inspect.signature(base_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward_args
-        self.set_tree(total_token=total_token, depth=depth, top_k=top_k, threshold=threshold)
         self.eval()
 
     # ------------------------------------------------------------------ construction
@@ -97,14 +107,24 @@ class EaModel(nn.Module):
         ``draft_dtype`` (e.g. ``torch.bfloat16``) runs only the draft head in that dtype: cheaper
         drafting on CPUs with bf16 matrix units, the same output (verification keeps the base dtype).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..embedded import shipped_head_path, smollm2_path
+        from ..embedded import shipped_head_path
 
         if ea_model_path is None:
             if base_model_path is not None:
                 raise ValueError("ea_model_path is required with a base_model_path: pass a draft-head folder or hub repo id")
             ea_model_path = shipped_head_path(shipped_head)
+        base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
+        return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size,
+                             draft_dtype)
+
+    @staticmethod
+    def _load_base(base_model_path: str | None, ea_model_path: str, hf_kwargs: dict[str, Any]) -> tuple[nn.Module, str, Any]:
+        """The base model (the embedded SmolLM2 when ``base_model_path`` is None), the local draft-head
+        folder and the tokenizer (None when the base folder has none)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..embedded import smollm2_path
+
         if base_model_path is None:
             base_model_path = smollm2_path()
         if "torch_dtype" in hf_kwargs:  # transformers 5 renamed it
@@ -117,8 +137,7 @@ class EaModel(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         except (OSError, ValueError):
             tokenizer = None
-        return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size,
-                             draft_dtype)
+        return base_model, folder, tokenizer
 
     @classmethod
     def from_base(
@@ -138,19 +157,27 @@ class EaModel(nn.Module):
         Several heads can share one base model this way (the benchmark does).
         """
         folder = resolve_draft_folder(ea_model_path)
+        model = cls(base_model, cls._load_head(folder, base_model), tokenizer, total_token, depth, top_k, threshold)
+        model._configure_drafting(folder, draft_vocab_size, draft_dtype)
+        return model
+
+    @classmethod
+    def _load_head(cls, folder: str, base_model: nn.Module) -> Model:
+        """The ``cls.head_class`` draft head saved in ``folder``, strictly loaded for ``base_model``."""
         config = EConfig.from_pretrained(folder)
         state = read_state_dict(folder)
         check_fits_base(config, base_model)
-        head = build_head(config, base_model, state)
-        model = cls(base_model, head, tokenizer, total_token, depth, top_k, threshold)
-        model.draft_vocab_ranking = read_draft_vocab(folder)
-        ranked = 0 if model.draft_vocab_ranking is None else model.draft_vocab_ranking.numel()
+        return build_head(config, base_model, state, cls.head_class)
+
+    def _configure_drafting(self, folder: str, draft_vocab_size: int | None, draft_dtype: torch.dtype | None) -> None:
+        """Read the token ranking saved with the head; set the draft vocabulary size and dtype (see ``from_pretrained``)."""
+        self.draft_vocab_ranking = read_draft_vocab(folder)
+        ranked = 0 if self.draft_vocab_ranking is None else self.draft_vocab_ranking.numel()
         if draft_vocab_size is None:
             draft_vocab_size = DEFAULT_DRAFT_VOCAB_SIZE if ranked >= DEFAULT_DRAFT_VOCAB_SIZE else 0
         if draft_dtype is not None:
-            model.set_draft_dtype(draft_dtype)
-        model.set_draft_vocab_size(draft_vocab_size)
-        return model
+            self.set_draft_dtype(draft_dtype)
+        self.set_draft_vocab_size(draft_vocab_size)
 
     def set_draft_dtype(self, dtype: torch.dtype) -> None:
         """Run the draft head in ``dtype``; verification keeps the base model's dtype, so output is unchanged."""
@@ -273,7 +300,7 @@ class EaModel(nn.Module):
         head = self.ea_layer.eval()  # drafting uses the inference form of the MoE block
         prompt_len, tree_size = ids.shape[1], head.total_tokens + 1
         cache = self._fresh_cache(limit + tree_size)
-        head.reset_kv(limit + head.top_k * (head.depth + 1))
+        head.reset_kv(limit + head.draft_tree_positions)
 
         logits, features = self._forward(ids, cache, last_logits_only=True)
         ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), limit, stops)
@@ -433,7 +460,7 @@ class EaModel(nn.Module):
                 break
             head.total_tokens = size - 1
             cache = self._fresh_cache(context + size + 1)
-            head.reset_kv(context + head.top_k * (head.depth + 1) + 1)
+            head.reset_kv(context + head.draft_tree_positions + 1)
             _, features = self._forward(prompt, cache, last_logits_only=True)
             ids = torch.cat((prompt, prompt[:, :1]), dim=1)
             timings = []
@@ -484,8 +511,14 @@ def validate_input_ids(input_ids, vocab_size: int) -> torch.Tensor:
     return input_ids.long()
 
 
-def build_head(config: EConfig, base_model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> Model:
-    """A draft head for ``base_model`` on its LM head's device and dtype, loaded from ``state`` if given.
+def build_head(
+    config: EConfig,
+    base_model: nn.Module,
+    state: dict[str, torch.Tensor] | None = None,
+    head_class: type[Model] = Model,
+) -> Model:
+    """A ``head_class`` draft head for ``base_model`` on its LM head's device and dtype, loaded from
+    ``state`` if given.
 
     Without ``state`` the head is randomly initialised (for training). The embedding is the base
     model's unless the checkpoint carries its own ``embed_tokens.weight``.
@@ -495,10 +528,10 @@ def build_head(config: EConfig, base_model: nn.Module, state: dict[str, torch.Te
     if embedding.weight.device != lm_weight.device:
         embedding = nn.Embedding.from_pretrained(embedding.weight.detach().to(lm_weight.device), freeze=True)
     if state is None:
-        head = Model(config, embed_tokens=embedding)
+        head = head_class(config, embed_tokens=embedding)
         return head.to(device=lm_weight.device, dtype=lm_weight.dtype).eval()
     with torch.device("meta"):
-        head = Model(config, embed_tokens=embedding)
+        head = head_class(config, embed_tokens=embedding)
     check_state_dict(head, state)
     if EMBEDDING_KEY in state:
         head.set_embedding(nn.Embedding.from_pretrained(state.pop(EMBEDDING_KEY).to(lm_weight), freeze=True))
