@@ -8,8 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["jakiro", "jakiro.*"]),
-    package_data={"jakiro": ["heads/*/*", "train/*.json"]},
+    packages=find_packages(include=["jakiro", "jakiro.*", "jakiro_star", "jakiro_star.*"]),
+    package_data={"jakiro": ["heads/*/*", "train/*.json"], "jakiro_star": ["train/*.json"]},
     install_requires=[
         "torch>=2.6,<2.15",
         "transformers>=5.24,<5.25",

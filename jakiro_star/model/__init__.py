@@ -1,0 +1,1 @@
+"""Jakiro* draft head, static tree choices and drafting, and its ``EaModel``."""

@@ -1,0 +1,138 @@
+"""The Jakiro* draft head: Jakiro's skeleton with two GELU experts of the base model's intermediate width.
+
+Released key names and shapes (Vicuna-7B: H=4096, I=11008): ``fc``, ``layers.0.self_attn.*`` and
+``layers.0.post_attention_layernorm`` as in Jakiro, plus ``layers.0.mlp_moe.gate.weight`` [2, H]
+and ``layers.0.mlp_moe.experts.{0,1}.fc.weight`` [I, H] / ``.proj.weight`` [H, I]. The head drafts
+a static tree (``static_tree``), not Jakiro's dynamic one, and has a single output branch.
+
+Expert weighting at inference. The reference trains the softmax-weighted sum of the two experts
+but drafts with the *unweighted* output of the expert whose gate logit is larger, a feature the
+training never produced. Here drafting uses the same weighted sum as training
+(``expert_weighting="sum"``, the default): the draft runs the function whose predictions the loss
+optimised, and the gate stays a soft mixture. ``expert_weighting="top"`` reproduces the
+reference's drafting feature, for comparison only. Either way decoding stays lossless; only the
+acceptance length differs. Measured on the tiny trained head of ``tests/test_jakiro_star_training.py``
+(``benchmarks/star_weighting_tau.py``): see that script's docstring and the README section on Jakiro*.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jakiro.model.cnets import Model as JakiroModel
+from jakiro.model.configs import EConfig
+from jakiro.model.draft_tree import DraftTree
+
+from .choices import mc_sim_7b_63
+from .static_tree import StaticTree, grow_static_tree
+
+Weighting = Literal["sum", "top"]
+WEIGHTINGS = ("sum", "top")
+
+
+class GptNeoxMLP(nn.Module):
+    """``proj(gelu(fc(x)))`` with the exact (erf) GELU and no biases."""
+
+    def __init__(self, hidden_size: int, inner_size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, inner_size, bias=False)
+        self.proj = nn.Linear(inner_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class MixtralSparseMoeBlock(nn.Module):
+    """Jakiro*'s two-expert block: ``gate`` [n, H] and n GELU experts of inner width ``intermediate_size``.
+
+    Output ``w0*E0 + w1*E1`` with ``w = softmax(gate(h))`` (``weighting="sum"``, training and
+    drafting), or the unweighted output of the expert with the larger gate logit (``"top"``, the
+    reference's drafting feature; ties pick expert 1, as the reference's strict ``>``).
+    """
+
+    def __init__(self, config: EConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            GptNeoxMLP(config.hidden_size, config.intermediate_size) for _ in range(self.num_experts)
+        )
+        self.weighting: Weighting = "sum"
+
+    def forward(self, h: torch.Tensor, both_branches: bool = False) -> torch.Tensor:
+        if both_branches:
+            raise ValueError("the Jakiro* block has a single output; it has no contrastive branch")
+        return self.mix(h, self.weighting)
+
+    def mix(self, h: torch.Tensor, weighting: Weighting) -> torch.Tensor:
+        logits = self.gate(h).float()
+        e0, e1 = self.experts[0](h), self.experts[1](h)
+        if weighting == "top":
+            return torch.where(logits[..., 0:1] > logits[..., 1:2], e0, e1)
+        w = logits[..., 0:2].softmax(-1).to(h.dtype)
+        return w[..., 0:1] * e0 + w[..., 1:2] * e1
+
+
+class MixtralSparseMoeBlock_train(MixtralSparseMoeBlock):  # noqa: N801 (reference name)
+    """The same block and parameters, always returning the weighted sum (the training form)."""
+
+    def forward(self, h: torch.Tensor, both_branches: bool = False) -> torch.Tensor:
+        if both_branches:
+            raise ValueError("the Jakiro* block has a single output; it has no contrastive branch")
+        return self.mix(h, "sum")
+
+
+class Model(JakiroModel):
+    """The Jakiro* draft head (``EaModel.ea_layer``): one output ``[B,S,H]`` in training and drafting.
+
+    A config without ``num_local_experts`` gives a dense EAGLE-1 head (the paper's baseline for
+    Jakiro*), which drafts the same static tree.
+    """
+
+    moe_block = MixtralSparseMoeBlock
+
+    def __init__(self, config: EConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        super().__init__(config, embed_tokens)
+        self.set_static_tree(StaticTree.from_choices(mc_sim_7b_63, config.vocab_size))
+
+    @property
+    def two_branches(self) -> bool:
+        return False
+
+    @property
+    def draft_tree_positions(self) -> int:
+        return self.tree.fed_count
+
+    def set_static_tree(self, tree: StaticTree) -> None:
+        """Draft ``tree`` from now on; ``total_tokens``/``depth``/``top_k`` describe it."""
+        self.tree = tree
+        self.total_tokens, self.depth, self.top_k = len(tree) - 1, tree.depth, tree.top_k
+
+    @property
+    def expert_weighting(self) -> Weighting:
+        """How drafting combines the experts: "sum" (as trained) or "top" (the reference's)."""
+        blocks = self._moe_blocks()
+        return blocks[0].weighting if blocks else "sum"
+
+    @expert_weighting.setter
+    def expert_weighting(self, weighting: Weighting) -> None:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"expert_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        for block in self._moe_blocks():
+            block.weighting = weighting
+
+    def _moe_blocks(self) -> list[MixtralSparseMoeBlock]:
+        return [layer.mlp_moe for layer in self.layers if hasattr(layer, "mlp_moe")]
+
+    @torch.no_grad()
+    def topK_genrate(self, hidden_states, input_ids, head, logits_processor=None) -> DraftTree:  # noqa: N802 (reference name)
+        """Draft the static tree after ``input_ids`` (whose last token is the root); see ``static_tree``."""
+        return grow_static_tree(self, self.tree, hidden_states, input_ids, head)
+
+
+__all__ = ["GptNeoxMLP", "MixtralSparseMoeBlock", "MixtralSparseMoeBlock_train", "Model", "WEIGHTINGS"]

@@ -1,0 +1,96 @@
+"""``EaModel`` for Jakiro*: jakiro's wrapper with the Jakiro* head and a static tree.
+
+Loading, the KV cache, tree verification and the decoding loops are jakiro's
+(``jakiro.model.ea_model.EaModel``); only the head class and the tree settings differ. The API is
+the same: ``from_pretrained(base_model_path=..., ea_model_path=..., tree_choices=...)``,
+``eagenerate``, ``ea_generate``, ``naivegenerate``, ``naive_generate``.
+
+Unlike the reference Jakiro*, decoding is lossless in both modes. Greedy: the output equals the
+base model's greedy decoding. Sampling: the draft proposes its top-ranked tokens deterministically
+and ``jakiro.model.verification.verify_sampling`` accepts child x of a node with probability p(x),
+otherwise removes x from p and renormalises (the exact residual for a deterministic proposal),
+and draws the next token from that residual when every child is rejected. The reference instead
+samples drafts from a joint softmax over both experts, reads their probabilities from the wrong
+half, and subtracts a nearly uniform q for the residual (SPEC §3.2), which is not lossless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from jakiro.model.ea_model import EaModel as JakiroEaModel
+
+from . import choices as choices_module
+from .cnets import Model
+from .static_tree import StaticTree
+
+DEFAULT_TREE = "mc_sim_7b_63"
+JAKIRO_TREE_ARGUMENTS = ("total_token", "depth", "top_k", "threshold")
+
+
+class EaModel(JakiroEaModel):
+    """Speculative decoding with a Jakiro* draft head over a static tree (``tree_choices``)."""
+
+    head_class = Model
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        ea_layer: Model,
+        tokenizer: Any = None,
+        tree_choices: str | Sequence[Sequence[int]] = DEFAULT_TREE,
+    ) -> None:
+        nn.Module.__init__(self)  # jakiro's __init__ would set a dynamic tree shape
+        self._attach(base_model, ea_layer, tokenizer)
+        self.set_tree(tree_choices)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model_path: str | None = None,
+        ea_model_path: str | None = None,
+        tree_choices: str | Sequence[Sequence[int]] = DEFAULT_TREE,
+        **hf_kwargs: Any,
+    ) -> "EaModel":
+        """Load a transformers base model and a Jakiro* head folder (``config.json`` + weights).
+
+        ``tree_choices`` is a ``*_choices`` list or the name of one in ``jakiro_star.model.choices``.
+        Without ``base_model_path`` the embedded SmolLM2-135M-Instruct is the base model.
+        ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
+        """
+        given = [name for name in JAKIRO_TREE_ARGUMENTS if name in hf_kwargs]
+        if given:
+            raise ValueError(f"Jakiro* drafts a static tree: pass tree_choices instead of {', '.join(given)}")
+        if ea_model_path is None:
+            raise ValueError("ea_model_path is required: pass a Jakiro* draft-head folder or hub repo id "
+                             "(no Jakiro* head is shipped with the package)")
+        base_model, head, tokenizer = cls._load(base_model_path, ea_model_path, hf_kwargs)
+        return cls(base_model, head, tokenizer, tree_choices)
+
+    def set_tree(self, tree_choices: str | Sequence[Sequence[int]] = DEFAULT_TREE) -> None:
+        """Draft the static tree ``tree_choices`` (a ``*_choices`` list or its name in ``choices``)."""
+        self.ea_layer.set_static_tree(StaticTree.from_choices(resolve_choices(tree_choices),
+                                                              self.ea_layer.config.vocab_size))
+
+    @property
+    def tree_choices(self) -> list[list[int]]:
+        """The current tree as a ``*_choices`` list (nodes in tree order, root omitted)."""
+        return [list(path) for path in self.ea_layer.tree.paths[1:]]
+
+    def choose_tree_size(self, *args: Any, **kwargs: Any) -> int:
+        raise NotImplementedError("Jakiro* drafts a static tree: pick one of jakiro_star.model.choices instead")
+
+
+def resolve_choices(tree_choices: str | Sequence[Sequence[int]]) -> Sequence[Sequence[int]]:
+    """A ``*_choices`` list, looking names up in ``jakiro_star.model.choices``."""
+    if isinstance(tree_choices, str):
+        if tree_choices not in choices_module.NAMED_CHOICES:
+            raise ValueError(f"unknown tree_choices {tree_choices!r}; named trees: {sorted(choices_module.NAMED_CHOICES)}")
+        return choices_module.NAMED_CHOICES[tree_choices]
+    return tree_choices
+
+
+__all__ = ["EaModel", "resolve_choices"]

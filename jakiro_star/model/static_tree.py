@@ -1,0 +1,160 @@
+"""Drafting a static token tree (EAGLE-1 style) as a ``jakiro`` ``DraftTree``.
+
+The tree shape comes from a ``*_choices`` list (see ``choices``). Drafting runs one head forward
+per tree level that has children: every fed node takes its parent's predicted feature and its own
+token, and its children are the draft's top-ranked tokens at the ranks the choices name. Proposals
+are deterministic (no sampling), so ``jakiro.model.verification`` verifies the tree losslessly for
+greedy decoding and for sampling alike: a proposed child has draft probability 1 given the
+rejection of its earlier siblings, and the residual after a rejection is the target distribution
+without the rejected token. Siblings are distinct ranks of one top-k, so they never repeat a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from jakiro.model.cnets import Model, additive_mask
+from jakiro.model.draft_tree import DraftTree
+
+
+@dataclass(frozen=True)
+class Level:
+    """One tree depth d >= 1: its nodes and how they are drafted and fed.
+
+    ``nodes`` get their tokens from the head outputs of the previous level's fed nodes
+    (``source_rows`` picks the parent's row, ``ranks`` the top-k rank). ``fed`` are the nodes of
+    this depth that have children; they are fed in the next forward with their parent's output row
+    (``fed_rows``) under ``mask`` (``[len(fed), all fed nodes up to this depth]``, cache order).
+    """
+
+    nodes: torch.Tensor
+    source_rows: torch.Tensor
+    ranks: torch.Tensor
+    fed: torch.Tensor
+    fed_rows: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StaticTree:
+    """A validated tree shape. Node 0 is the root; the others are the choices sorted by (depth, path),
+    so a node's children come in rank order."""
+
+    paths: tuple[tuple[int, ...], ...]
+    parents: list[int]
+    depths: torch.Tensor  # [N] long
+    ancestors: torch.Tensor  # [N, N] bool, a node counts as its own ancestor
+    levels: tuple[Level, ...]
+    top_k: int  # how many ranked tokens the widest node needs
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def depth(self) -> int:
+        return len(self.levels)
+
+    @property
+    def fed_count(self) -> int:
+        """Tree positions one drafting pass adds to the head's cache."""
+        return sum(level.fed.numel() for level in self.levels)
+
+    @classmethod
+    def from_choices(cls, choices: Sequence[Sequence[int]], vocab_size: int | None = None) -> "StaticTree":
+        """Parse and check a ``*_choices`` list; ``ValueError`` names the first malformed path."""
+        paths = _check_choices(choices, vocab_size)
+        paths = [()] + sorted(paths, key=lambda p: (len(p), p))
+        index = {path: i for i, path in enumerate(paths)}
+        parents = [-1] + [index[p[:-1]] for p in paths[1:]]
+        size = len(paths)
+        ancestors = torch.zeros(size, size, dtype=torch.bool)
+        for node, path in enumerate(paths):
+            for length in range(len(path) + 1):
+                ancestors[node, index[path[:length]]] = True
+        has_children = set(parents[1:])
+
+        levels, fed_before, previous_fed = [], [], [0]  # the root's output row feeds depth 1
+        for depth in range(1, max(len(p) for p in paths) + 1):
+            nodes = [i for i, p in enumerate(paths) if len(p) == depth]
+            fed = [i for i in nodes if i in has_children]
+            fed_before += fed
+            levels.append(Level(
+                nodes=torch.tensor(nodes),
+                source_rows=torch.tensor([previous_fed.index(parents[i]) for i in nodes]),
+                ranks=torch.tensor([paths[i][-1] for i in nodes]),
+                fed=torch.tensor(fed, dtype=torch.long),
+                fed_rows=torch.tensor([previous_fed.index(parents[i]) for i in fed], dtype=torch.long),
+                mask=ancestors[fed][:, fed_before],
+            ))
+            previous_fed = fed
+        return cls(
+            paths=tuple(paths),
+            parents=parents,
+            depths=torch.tensor([len(p) for p in paths]),
+            ancestors=ancestors,
+            levels=tuple(levels),
+            top_k=max(p[-1] for p in paths[1:]) + 1,
+        )
+
+
+def _check_choices(choices, vocab_size: int | None) -> list[tuple[int, ...]]:
+    if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence) or not choices:
+        raise ValueError(f"tree_choices must be a non-empty list of paths such as [[0], [1], [0, 0]], got {choices!r}")
+    paths = []
+    for entry in choices:
+        if (isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or not entry
+                or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in entry)):
+            raise ValueError(f"tree_choices: {entry!r} is not a non-empty list of ranks (integers >= 0)")
+        paths.append(tuple(entry))
+    seen = set()
+    for path in paths:
+        if path in seen:
+            raise ValueError(f"tree_choices: {list(path)} appears twice")
+        seen.add(path)
+    for path in paths:
+        for length in range(1, len(path)):
+            if path[:length] not in seen:
+                raise ValueError(f"tree_choices: {list(path)} has no parent {list(path[:length])} in the list")
+    widest = max(p[-1] for p in paths) + 1
+    if vocab_size is not None and widest > vocab_size:
+        raise ValueError(f"tree_choices: rank {widest - 1} needs {widest} draft tokens, the vocabulary has {vocab_size}")
+    return paths
+
+
+@torch.no_grad()
+def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor, input_ids: torch.Tensor,
+                     lm_head: nn.Module) -> DraftTree:
+    """Draft ``tree`` rooted at ``input_ids[0, -1]`` (arguments as ``jakiro.model.draft_tree.grow_tree``).
+
+    The head's cache is extended by the new prefix positions; tree positions are dropped again.
+    """
+    device, dtype = head.fc.weight.device, head.fc.weight.dtype
+    features = hidden_states.to(device=device, dtype=dtype)
+    next_tokens = input_ids[:, -hidden_states.shape[1] :].to(device)
+    out = head(features, next_tokens, use_cache=True, last_only=True)[0, -1:]  # the root's predicted feature
+    committed = head.kv_length
+    tokens = torch.empty(len(tree), dtype=torch.long, device=device)
+    tokens[0] = input_ids[0, -1]
+    for depth, level in enumerate(tree.levels, start=1):
+        ranked = head.draft_logits(out, lm_head).topk(tree.top_k, dim=-1).indices
+        tokens[level.nodes.to(device)] = ranked[level.source_rows.to(device), level.ranks.to(device)]
+        if level.fed.numel() == 0:
+            break
+        allowed = torch.cat((torch.ones(level.fed.numel(), committed, dtype=torch.bool), level.mask), dim=1)
+        out = head(
+            out[level.fed_rows.to(device)][None],
+            tokens[level.fed.to(device)][None],
+            attention_mask=additive_mask(allowed.to(device), dtype)[None, None],
+            position_ids=torch.full((1, level.fed.numel()), committed + depth - 1, device=device),
+            use_cache=True,
+        )[0]
+    head.set_kv_length(committed)
+    return DraftTree(tokens=tokens, parents=tree.parents, depths=tree.depths.to(device),
+                     ancestors=tree.ancestors.to(device))
+
+
+__all__ = ["StaticTree", "Level", "grow_static_tree"]
