@@ -5,7 +5,9 @@
 
 ``--arch jakiro`` (default) trains the two-branch MoE head with the Jakiro loss: the MoE branch
 predicts the next feature, the contrastive branch the one after it (weight ``--const``);
-``--arch eagle2`` trains the dense EAGLE-2 head with the EAGLE loss. Every epoch writes
+``--arch eagle2`` trains the dense EAGLE-2 head with the EAGLE loss; ``--arch jakiro_star`` trains
+the Jakiro* head (two GELU experts, one weighted-sum output) with the EAGLE loss (also
+``python -m jakiro_star.train.main``). Every epoch writes
 ``CKPT/state_<epoch>/`` (``config.json`` + ``model.safetensors``, loadable by
 ``EaModel.from_pretrained``) and a resumable checkpoint; ``--resume`` continues from the latest.
 Metrics go to stdout, ``CKPT/metrics.jsonl`` and the progress bar.
@@ -29,15 +31,25 @@ from ..model.configs import EConfig
 from .data import FeatureDataset, collate, sample_files, split, token_ranking
 
 CHECKPOINT = "checkpoint"
+ARCHS = ("jakiro", "eagle2", "jakiro_star")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def head_class(arch: str) -> type[Model]:
+    """The draft-head class ``--arch`` trains (Jakiro and EAGLE-2 share one; the config tells them apart)."""
+    if arch == "jakiro_star":
+        from jakiro_star.model.cnets import Model as StarModel
+
+        return StarModel
+    return Model
+
+
+def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--basepath", default=None, help="base model folder (default: the embedded SmolLM2)")
     p.add_argument("--tmpdir", required=True, help="folder of ge_data samples")
     p.add_argument("--cpdir", required=True, help="output folder for checkpoints and metrics")
     p.add_argument("--configpath", default=None, help="draft config.json (default: derived from the base model)")
-    p.add_argument("--arch", default="jakiro", choices=["jakiro", "eagle2"])
+    p.add_argument("--arch", default=default_arch, choices=ARCHS)
     p.add_argument("--lr", type=float, default=9e-5)
     p.add_argument("--bs", type=int, default=4)
     p.add_argument("--wd", type=float, default=1e-3)
@@ -80,12 +92,13 @@ def load_frozen_base_parts(basepath: str) -> tuple[torch.Tensor, torch.Tensor, o
 
 def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tensor) -> EConfig:
     """``--configpath``, or a config derived from the base model; checked against ``--arch`` and the LM head."""
+    moe = args.arch != "eagle2"
     if args.configpath:
         config = EConfig.from_pretrained(args.configpath)
-        if config.is_moe != (args.arch == "jakiro"):
+        if config.is_moe != moe:
             raise ValueError(f"--arch {args.arch} does not match {args.configpath} (num_local_experts={config.num_local_experts})")
     else:
-        config = EConfig.from_base_config(base_config, moe=args.arch == "jakiro")
+        config = EConfig.from_base_config(base_config, moe=moe)
     if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
         raise ValueError(f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
                          f"base model's lm_head {list(head_weight.shape)}")
@@ -114,7 +127,7 @@ def branch_terms(predict, target, mask, head_weight, shift: int = 0) -> dict[str
 
 
 def compute_loss(predict, batch, head_weight, args) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-    """Jakiro loss (both branches) or EAGLE loss (dense head)."""
+    """Jakiro loss (both branches) or EAGLE loss (one output: the dense and the Jakiro* heads)."""
     target, mask = batch["target"], batch["loss_mask"]
     if predict.dim() == 4:  # [2, B, S, H]: MoE branch and contrastive branch
         moe = branch_terms(predict[0], target, mask, head_weight)
@@ -156,13 +169,13 @@ def expected_tokens_per_step(rates: list[float]) -> float:
     return total
 
 
-def main(argv=None) -> None:
+def main(argv=None, default_arch: str = "jakiro") -> None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    args = parse_args(argv)
+    args = parse_args(argv, default_arch)
     # cpu=True lets torchrun-launched CPU processes form a gloo group (accelerate ignores it with CUDA).
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
@@ -177,7 +190,7 @@ def main(argv=None) -> None:
     device = accelerator.device
     head_weight = head_weight.to(device)
     embedding = torch.nn.Embedding.from_pretrained(embedding_weight.to(device), freeze=True)
-    model = Model(config, embed_tokens=embedding)
+    model = head_class(args.arch)(config, embed_tokens=embedding)
     files = sample_files(args.tmpdir)
     train_files, test_files = split(files, args.test_fraction)
     train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)

@@ -1,7 +1,7 @@
 """Train a draft head with DeepSpeed (optional extra: ``pip install .[deepspeed]``).
 
     deepspeed -m jakiro.train.main_deepspeed --basepath BASE --tmpdir DATA --cpdir CKPT \\
-        --deepspeed --deepspeed_config jakiro/train/ds_config.json [--arch jakiro]
+        --deepspeed --deepspeed_config jakiro/train/ds_config.json [--arch jakiro|eagle2|jakiro_star]
 
 Same data, loss and per-epoch ``state_<epoch>`` folders as ``jakiro.train.main``; optimizer,
 precision, ZeRO stage and batch sizes come from the DeepSpeed config (``ds_config.json`` is the
@@ -18,9 +18,8 @@ import os
 import torch
 
 from ..model.checkpoint import save_draft_head
-from ..model.cnets import Model
 from .data import FeatureDataset, collate, sample_files, split
-from .main import compute_loss, draft_config, load_frozen_base_parts
+from .main import ARCHS, compute_loss, draft_config, head_class, load_frozen_base_parts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tmpdir", required=True)
     p.add_argument("--cpdir", required=True)
     p.add_argument("--configpath", default=None)
-    p.add_argument("--arch", default="jakiro", choices=["jakiro", "eagle2"])
+    p.add_argument("--arch", default="jakiro", choices=ARCHS)
     p.add_argument("--num-epochs", type=int, default=20)
     p.add_argument("--max-len", type=int, default=2048)
     p.add_argument("--noise-std", type=float, default=0.2)
@@ -60,7 +59,7 @@ def main(argv=None) -> None:
     with open(args.deepspeed_config) as f:
         ds_config = json.load(f)
     head_weight, embedding_weight, base_config = load_frozen_base_parts(args.basepath)
-    model = Model(draft_config(args, base_config, head_weight))
+    model = head_class(args.arch)(draft_config(args, base_config, head_weight))
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(0.9, 0.95))
