@@ -1,0 +1,1 @@
+"""Jakiro* training: ``python -m jakiro_star.train.main`` (``jakiro.train.main`` with ``--arch jakiro_star``)."""
