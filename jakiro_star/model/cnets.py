@@ -11,8 +11,12 @@ training never produced. Here drafting uses the same weighted sum as training
 (``expert_weighting="sum"``, the default): the draft runs the function whose predictions the loss
 optimised, and the gate stays a soft mixture. ``expert_weighting="top"`` reproduces the
 reference's drafting feature, for comparison only. Either way decoding stays lossless; only the
-acceptance length differs. Measured on the tiny trained head of ``tests/test_jakiro_star_training.py``
-(``benchmarks/star_weighting_tau.py``): see that script's docstring and the README section on Jakiro*.
+acceptance length differs. Measured with ``benchmarks/star_weighting_tau.py`` (20 MT-bench first
+turns, 96 new tokens, ``mc_sim_7b_63``, float32) on a tiny trained head (a random 2-layer Llama with
+SmolLM2's tokenizer, 67 ShareGPT conversations answered by that model itself, 10 epochs; held-out
+top-1 0.73): tau 2.24 with "sum" versus 1.80 with "top" greedy (identical outputs), 1.13 versus 1.07
+at T=1. Its gate is soft (mean top-expert weight 0.68), so the top expert alone is far from the
+trained feature.
 """
 
 from __future__ import annotations
