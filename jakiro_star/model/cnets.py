@@ -136,6 +136,8 @@ class Model(JakiroModel):
     @torch.no_grad()
     def topK_genrate(self, hidden_states, input_ids, head, logits_processor=None) -> DraftTree:  # noqa: N802 (reference name)
         """Draft the static tree after ``input_ids`` (whose last token is the root); see ``static_tree``."""
+        if self.tree.device != self.fc.weight.device:
+            self.tree = self.tree.to(self.fc.weight.device)
         return grow_static_tree(self, self.tree, hidden_states, input_ids, head)
 
 

@@ -12,7 +12,7 @@ without the rejected token. Siblings are distinct ranks of one top-k, so they ne
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ class Level:
     fed_rows: torch.Tensor
     mask: torch.Tensor
 
+    def to(self, device: torch.device) -> "Level":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
 
 @dataclass(frozen=True)
 class StaticTree:
@@ -57,6 +60,15 @@ class StaticTree:
     @property
     def depth(self) -> int:
         return len(self.levels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.depths.device
+
+    def to(self, device: torch.device) -> "StaticTree":
+        """The same tree with its index tensors on ``device``."""
+        return replace(self, depths=self.depths.to(device), ancestors=self.ancestors.to(device),
+                       levels=tuple(level.to(device) for level in self.levels))
 
     @property
     def fed_count(self) -> int:
@@ -128,7 +140,8 @@ def _check_choices(choices, vocab_size: int | None) -> list[tuple[int, ...]]:
 @torch.no_grad()
 def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor, input_ids: torch.Tensor,
                      lm_head: nn.Module) -> DraftTree:
-    """Draft ``tree`` rooted at ``input_ids[0, -1]`` (arguments as ``jakiro.model.draft_tree.grow_tree``).
+    """Draft ``tree`` (on the head's device) rooted at ``input_ids[0, -1]``; the other arguments are
+    those of ``jakiro.model.draft_tree.grow_tree``.
 
     The head's cache is extended by the new prefix positions; tree positions are dropped again.
     """
@@ -141,20 +154,20 @@ def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor,
     tokens[0] = input_ids[0, -1]
     for depth, level in enumerate(tree.levels, start=1):
         ranked = head.draft_logits(out, lm_head).topk(tree.top_k, dim=-1).indices
-        tokens[level.nodes.to(device)] = ranked[level.source_rows.to(device), level.ranks.to(device)]
-        if level.fed.numel() == 0:
+        tokens[level.nodes] = ranked[level.source_rows, level.ranks]
+        fed = level.fed.numel()
+        if fed == 0:
             break
-        allowed = torch.cat((torch.ones(level.fed.numel(), committed, dtype=torch.bool), level.mask), dim=1)
+        allowed = torch.cat((torch.ones(fed, committed, dtype=torch.bool, device=device), level.mask), dim=1)
         out = head(
-            out[level.fed_rows.to(device)][None],
-            tokens[level.fed.to(device)][None],
-            attention_mask=additive_mask(allowed.to(device), dtype)[None, None],
-            position_ids=torch.full((1, level.fed.numel()), committed + depth - 1, device=device),
+            out[level.fed_rows][None],
+            tokens[level.fed][None],
+            attention_mask=additive_mask(allowed, dtype)[None, None],
+            position_ids=torch.full((1, fed), committed + depth - 1, device=device),
             use_cache=True,
         )[0]
     head.set_kv_length(committed)
-    return DraftTree(tokens=tokens, parents=tree.parents, depths=tree.depths.to(device),
-                     ancestors=tree.ancestors.to(device))
+    return DraftTree(tokens=tokens, parents=tree.parents, depths=tree.depths, ancestors=tree.ancestors)
 
 
 __all__ = ["StaticTree", "Level", "grow_static_tree"]
