@@ -170,6 +170,9 @@ def test_tree_choices_by_name_and_unknown_names():
         model.set_tree("mc_sim_7b_64")
     with pytest.raises(NotImplementedError, match="static tree"):
         model.choose_tree_size()
+    model.ea_layer.set_draft_vocab(torch.arange(3), model.lm_head)  # ranks count within a draft sub-vocabulary
+    with pytest.raises(ValueError, match="rank 3 needs 4 draft tokens, the vocabulary has 3"):
+        model.set_tree("mc_sim_7b_63")
 
 
 def sequential_prediction(head, features, tokens, lm_head, k):

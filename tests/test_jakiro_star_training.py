@@ -29,15 +29,18 @@ def test_one_epoch_trains_a_loadable_lossless_head(workspace, features):  # noqa
     record = json.loads((cpdir / "metrics.jsonl").read_text().splitlines()[0])
     assert "test/moe_top1" in record and "test/contrastive_top1" not in record  # one output, the EAGLE loss
     assert record["train/loss"] > 0 and record["test/chain_tokens_per_step"] >= 1
-    assert sorted(os.listdir(cpdir / "state_0")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(cpdir / "state_0")) == ["config.json", "draft_vocab.safetensors", "model.safetensors"]
     state = load_file(str(cpdir / "state_0" / "model.safetensors"))
     assert state["layers.0.mlp_moe.gate.weight"].shape == (2, 64)
     assert state["layers.0.mlp_moe.experts.1.fc.weight"].shape == (128, 64)  # the base's intermediate width
     assert not any("embed" in key for key in state)
 
-    for tree in ("mc_sim_7b_63", CUSTOM_TREE):
-        model = EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_0"), tree_choices=tree, dtype=torch.float32)
+    # jakiro's drafting options apply: a draft sub-vocabulary of the most frequent training tokens, a bf16 head
+    for tree, vocab, draft_dtype in (("mc_sim_7b_63", 0, None), (CUSTOM_TREE, 16, torch.bfloat16)):
+        model = EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_0"), tree_choices=tree,
+                                        draft_vocab_size=vocab, draft_dtype=draft_dtype, dtype=torch.float32)
         assert isinstance(model.ea_layer, Model) and model.ea_layer.expert_weighting == "sum"
+        assert model.draft_vocab_size == vocab and model.ea_layer.fc.weight.dtype == (draft_dtype or torch.float32)
         messages = [{"role": "user", "content": "Question 3: what is 3 plus 3?"}]
         ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                   return_dict=True)["input_ids"]

@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
+from jakiro.model.checkpoint import resolve_draft_folder
 from jakiro.model.ea_model import EaModel as JakiroEaModel
 
 from . import choices as choices_module
@@ -53,12 +55,15 @@ class EaModel(JakiroEaModel):
         base_model_path: str | None = None,
         ea_model_path: str | None = None,
         tree_choices: str | Sequence[Sequence[int]] = DEFAULT_TREE,
+        draft_vocab_size: int | None = None,
+        draft_dtype: torch.dtype | None = None,
         **hf_kwargs: Any,
     ) -> "EaModel":
         """Load a transformers base model and a Jakiro* head folder (``config.json`` + weights).
 
         ``tree_choices`` is a ``*_choices`` list or the name of one in ``jakiro_star.model.choices``.
         Without ``base_model_path`` the embedded SmolLM2-135M-Instruct is the base model.
+        ``draft_vocab_size`` and ``draft_dtype`` are jakiro's (drafting only; the output is unchanged);
         ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
         """
         given = [name for name in JAKIRO_TREE_ARGUMENTS if name in hf_kwargs]
@@ -67,13 +72,30 @@ class EaModel(JakiroEaModel):
         if ea_model_path is None:
             raise ValueError("ea_model_path is required: pass a Jakiro* draft-head folder or hub repo id "
                              "(no Jakiro* head is shipped with the package)")
-        base_model, head, tokenizer = cls._load(base_model_path, ea_model_path, hf_kwargs)
-        return cls(base_model, head, tokenizer, tree_choices)
+        base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
+        return cls.from_base(base_model, folder, tokenizer, tree_choices, draft_vocab_size, draft_dtype)
+
+    @classmethod
+    def from_base(
+        cls,
+        base_model: nn.Module,
+        ea_model_path: str,
+        tokenizer: Any = None,
+        tree_choices: str | Sequence[Sequence[int]] = DEFAULT_TREE,
+        draft_vocab_size: int | None = None,
+        draft_dtype: torch.dtype | None = None,
+    ) -> "EaModel":
+        """Wrap an already loaded base model with the Jakiro* head at ``ea_model_path`` (folder or hub id)."""
+        folder = resolve_draft_folder(ea_model_path)
+        model = cls(base_model, cls._load_head(folder, base_model), tokenizer, tree_choices)
+        model._configure_drafting(folder, draft_vocab_size, draft_dtype)
+        return model
 
     def set_tree(self, tree_choices: str | Sequence[Sequence[int]] = DEFAULT_TREE) -> None:
         """Draft the static tree ``tree_choices`` (a ``*_choices`` list or its name in ``choices``)."""
-        self.ea_layer.set_static_tree(StaticTree.from_choices(resolve_choices(tree_choices),
-                                                              self.ea_layer.config.vocab_size))
+        head = self.ea_layer
+        vocab = head.config.vocab_size if head.draft_vocab is None else head.draft_vocab.numel()
+        head.set_static_tree(StaticTree.from_choices(resolve_choices(tree_choices), vocab))
 
     @property
     def tree_choices(self) -> list[list[int]]:

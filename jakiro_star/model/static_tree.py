@@ -153,7 +153,7 @@ def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor,
     tokens = torch.empty(len(tree), dtype=torch.long, device=device)
     tokens[0] = input_ids[0, -1]
     for depth, level in enumerate(tree.levels, start=1):
-        ranked = head.draft_logits(out, lm_head).topk(tree.top_k, dim=-1).indices
+        _, ranked = head.draft_topk(head.draft_logits(out, lm_head), tree.top_k)
         tokens[level.nodes] = ranked[level.source_rows, level.ranks]
         fed = level.fed.numel()
         if fed == 0:
