@@ -63,11 +63,12 @@ def smollm2_path() -> str:
     return target
 
 
-SHIPPED_HEADS = {"jakiro": "smollm2-135m-instruct-jakiro", "eagle2": "smollm2-135m-instruct-eagle2"}
+SHIPPED_HEADS = {"jakiro": "smollm2-135m-instruct-jakiro", "eagle2": "smollm2-135m-instruct-eagle2",
+                 "jakiro_star": "smollm2-135m-instruct-jakiro-star"}
 
 
 def shipped_head_path(kind: str = "jakiro") -> str:
-    """Folder of a draft head for SmolLM2-135M-Instruct shipped inside the package ("jakiro" or "eagle2")."""
+    """Folder of a draft head for SmolLM2-135M-Instruct shipped inside the package ("jakiro", "eagle2", "jakiro_star")."""
     if kind not in SHIPPED_HEADS:
         raise ValueError(f"shipped_head must be one of {sorted(SHIPPED_HEADS)}, got {kind!r}")
     path = os.path.join(os.path.dirname(__file__), "heads", SHIPPED_HEADS[kind])

@@ -141,7 +141,7 @@ def test_end_to_end_train_load_generate(workspace, features):
     history = metrics(cpdir)
     assert history[-1]["train/loss"] < 0.6 * history[0]["train/loss"]
     assert history[-1]["test/moe_top1"] > 0.3 and history[-1]["test/chain_tokens_per_step"] > 1.3
-    assert sorted(os.listdir(cpdir / "state_7")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(cpdir / "state_7")) == ["config.json", "draft_vocab.safetensors", "model.safetensors"]
     model = EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_7"), total_token=12, depth=3, top_k=3,
                                     dtype=torch.float32)
     messages = [{"role": "user", "content": "Question 3: what is 3 plus 3?"}]

@@ -121,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary; default: the head's")
+    parser.add_argument("--draft-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the draft heads only (default: the base model's)")
+    parser.add_argument("--tree-choices", default="small_15", help="Jakiro* static tree (a name in jakiro_star.model.choices)")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("results", "bench"))
     return parser.parse_args(argv)
@@ -141,6 +144,7 @@ def load_methods(args: argparse.Namespace, device: torch.device):
              "jakiro-star": args.jakiro_star_path}
     shipped = {"eagle2": "eagle2", "jakiro": "jakiro", "jakiro-nohybrid": "jakiro", "jakiro-star": "jakiro_star"}
     methods, speculative = {}, {}
+    draft_dtype = getattr(torch, args.draft_dtype) if args.draft_dtype else None
 
     def hf(**extra):
         def run(ids, temperature, budget):
@@ -157,9 +161,16 @@ def load_methods(args: argparse.Namespace, device: torch.device):
             if name == "naive":
                 model = speculative.get("jakiro") or EaModel.from_base(base, heads["jakiro"] or shipped_head_path("jakiro"), tokenizer)
             else:
-                model = EaModel.from_base(base, heads[name] or shipped_head_path(shipped[name]), tokenizer,
-                                          total_token=args.total_token, depth=args.depth, top_k=args.top_k,
-                                          draft_vocab_size=args.draft_vocab_size)
+                head_path = heads[name] or shipped_head_path(shipped[name])
+                if name == "jakiro-star":
+                    from jakiro_star.model.ea_model import EaModel as StarEaModel
+
+                    model = StarEaModel.from_base(base, head_path, tokenizer, tree_choices=args.tree_choices,
+                                                  draft_vocab_size=args.draft_vocab_size, draft_dtype=draft_dtype)
+                else:
+                    model = EaModel.from_base(base, head_path, tokenizer, total_token=args.total_token, depth=args.depth,
+                                              top_k=args.top_k, draft_vocab_size=args.draft_vocab_size,
+                                              draft_dtype=draft_dtype)
                 if name == "jakiro-nohybrid":
                     model.ea_layer.hybrid_last_level = False
                 speculative[name] = model
@@ -276,7 +287,8 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
         "date": time.strftime("%Y-%m-%d"), "hardware": hardware(device), "dtype": args.dtype,
         "questions": args.questions, "max_new_tokens": args.max_new_tokens,
         "tree": {"total_token": args.total_token, "depth": args.depth, "top_k": args.top_k},
-        "draft_vocab_size": args.draft_vocab_size, "torch_threads": torch.get_num_threads(),
+        "draft_vocab_size": args.draft_vocab_size, "draft_dtype": args.draft_dtype or args.dtype,
+        "jakiro_star_tree": args.tree_choices, "torch_threads": torch.get_num_threads(),
         "base_weight_mb": round(weight_bytes / 2**20, 1), "memory_bandwidth_gbs": round(bandwidth, 1), "rows": rows,
     }
 
@@ -295,7 +307,8 @@ def hardware(device: torch.device) -> str:
 def markdown(result: dict) -> str:
     head = (f"{result['date']}, {result['hardware']}, {result['dtype']}, {result['questions']} MT-bench first turns, "
             f"max_new_tokens {result['max_new_tokens']}, tree {result['tree']['total_token']}/{result['tree']['depth']}/"
-            f"{result['tree']['top_k']} (total/depth/top_k), base weights {result['base_weight_mb']} MB, "
+            f"{result['tree']['top_k']} (total/depth/top_k; Jakiro* {result['jakiro_star_tree']}), draft head "
+            f"{result['draft_dtype']}, draft vocabulary {result['draft_vocab_size'] or 'default'}, base weights {result['base_weight_mb']} MB, "
             f"measured copy bandwidth {result['memory_bandwidth_gbs']} GB/s")
     lines = [head, "", "| method | T | τ | tokens/s | speed-up vs generate | drafting share | peak extra MB | "
              "weights read GB/s | identical to generate |", "|---|---|---|---|---|---|---|---|---|"]

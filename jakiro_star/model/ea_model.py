@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jakiro.embedded import shipped_head_path
 from jakiro.model.checkpoint import resolve_draft_folder
 from jakiro.model.ea_model import EaModel as JakiroEaModel
 
@@ -62,7 +63,7 @@ class EaModel(JakiroEaModel):
         """Load a transformers base model and a Jakiro* head folder (``config.json`` + weights).
 
         ``tree_choices`` is a ``*_choices`` list or the name of one in ``jakiro_star.model.choices``.
-        Without ``base_model_path`` the embedded SmolLM2-135M-Instruct is the base model.
+        With neither path, the embedded SmolLM2-135M-Instruct and the shipped Jakiro* head are used.
         ``draft_vocab_size`` and ``draft_dtype`` are jakiro's (drafting only; the output is unchanged);
         ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
         """
@@ -70,8 +71,10 @@ class EaModel(JakiroEaModel):
         if given:
             raise ValueError(f"Jakiro* drafts a static tree: pass tree_choices instead of {', '.join(given)}")
         if ea_model_path is None:
-            raise ValueError("ea_model_path is required: pass a Jakiro* draft-head folder or hub repo id "
-                             "(no Jakiro* head is shipped with the package)")
+            if base_model_path is not None:
+                raise ValueError("ea_model_path is required with a base_model_path: pass a Jakiro* draft-head folder "
+                                 "or hub repo id")
+            ea_model_path = shipped_head_path("jakiro_star")
         base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
         return cls.from_base(base_model, folder, tokenizer, tree_choices, draft_vocab_size, draft_dtype)
 

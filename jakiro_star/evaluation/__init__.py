@@ -1,0 +1,1 @@
+"""Answer scripts for Jakiro*: jakiro's runner with the Jakiro* model loader."""

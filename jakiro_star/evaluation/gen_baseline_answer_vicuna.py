@@ -1,0 +1,11 @@
+"""Plain-decoding baseline answers (Jakiro* model loader), vicuna template.
+
+    python -m jakiro_star.evaluation.gen_baseline_answer_vicuna [--ea-model-path P] [--base-model-path P] [--tree-choices mc_sim_7b_63] ...
+
+Flags and file format: jakiro.evaluation.runner.
+"""
+
+from .load import main
+
+if __name__ == "__main__":
+    main("baseline", "vicuna")

@@ -1,0 +1,26 @@
+"""The Jakiro* model loader for jakiro's answer runner."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+DEFAULT_TREE = "mc_sim_7b_63"
+
+
+def load_model(args: argparse.Namespace):
+    """``jakiro_star.model.ea_model.EaModel`` with ``--tree-choices`` (default: the reference's mc_sim_7b_63)."""
+    from ..model.ea_model import EaModel
+
+    cuda = torch.cuda.is_available()
+    dtype = getattr(torch, args.dtype or ("float16" if cuda else "float32"))
+    kwargs = {"device_map": "auto"} if cuda else {}
+    return EaModel.from_pretrained(base_model_path=args.base_model_path, ea_model_path=args.ea_model_path,
+                                   tree_choices=args.tree_choices or DEFAULT_TREE, dtype=dtype, **kwargs)
+
+
+def main(kind: str, template: str) -> str:
+    from jakiro.evaluation.runner import main as run_main
+
+    return run_main(kind, template, load=load_model)
