@@ -1,6 +1,7 @@
 """tau and tokens/s of the shipped SmolLM2 heads on MT-bench first turns, beside plain decoding.
 
     python benchmarks/mtbench_tau.py [--questions 20] [--max-new-tokens 128] [--heads jakiro eagle2]
+    python benchmarks/mtbench_tau.py --heads old=path/to/state_1 new=path/to/state_2 ...   # any head folders
 
 Greedy, float32, one process; plain decoding is ``naivegenerate`` (same cache and stop rules).
 Writes ``results/mtbench_tau.json``.
@@ -24,21 +25,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--questions", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--heads", nargs="+", default=["jakiro", "eagle2"])
+    parser.add_argument("--heads", nargs="+", default=["jakiro", "eagle2"],
+                        help="shipped head names, or NAME=FOLDER for any Jakiro/EAGLE-2 head folder")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--total-token", type=int, default=12)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--no-plain", action="store_true", help="measure tau only (no plain-decoding timing)")
     parser.add_argument("--out", default="results/mtbench_tau.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     questions = load_questions(end=args.questions)
     results = {"hardware": platform.processor() or platform.machine(), "dtype": "float32", "settings": vars(args), "heads": {}}
     if os.path.isfile(args.out):  # keep the other heads' rows when measuring one head at a time
         results["heads"] = json.load(open(args.out)).get("heads", {})
     for kind in args.heads:
-        model = EaModel.from_pretrained(shipped_head=kind, total_token=args.total_token, depth=args.depth,
-                                        top_k=args.top_k, dtype=torch.float32)
+        kind, _, folder = kind.partition("=")
+        model = EaModel.from_pretrained(ea_model_path=folder or None, shipped_head=kind, total_token=args.total_token,
+                                        depth=args.depth, top_k=args.top_k, dtype=torch.float32)
         tok = model.tokenizer
         prompts = [tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)["input_ids"] for q in questions]
