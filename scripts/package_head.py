@@ -29,6 +29,21 @@ def data_stats(folder: str) -> tuple[int, int, int, int]:
     return conversations, tokens, learned, last
 
 
+def fill_ranking(path: str, extra: str) -> int:
+    """Append the tokens of ``extra``'s ranking that ``path``'s lacks (count 0); return the new length."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    own, more = load_file(path), load_file(extra)
+    seen = set(own["token_ids"].tolist())
+    added = torch.tensor([t for t in more["token_ids"].tolist() if t not in seen], dtype=torch.long)
+    tokens = torch.cat((own["token_ids"], added))
+    counts = torch.cat((own["counts"], torch.zeros_like(added)))
+    save_file({"token_ids": tokens, "counts": counts}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return tokens.numel()
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,6 +57,8 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2", "jakiro_star"])
     parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--fill-ranking", default=None,
+                        help="a draft_vocab.safetensors whose tokens extend this head's ranking (after its own)")
     parser.add_argument("--regenerated", action="store_true",
                         help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)")
     parser.add_argument("--tau-file", default=None)
@@ -57,6 +74,11 @@ def main() -> None:
             continue
         shutil.copy(os.path.join(state, name), os.path.join(dest, name))
         os.chmod(os.path.join(dest, name), 0o644)
+    ranking_note = ""
+    if args.fill_ranking:
+        ranked = fill_ranking(os.path.join(dest, "draft_vocab.safetensors"), args.fill_ranking)
+        ranking_note = (f" The draft-vocabulary ranking (`draft_vocab.safetensors`) is this data's learned tokens by "
+                        f"frequency, extended by the ranking of the original ShareGPT replies to {ranked:,} tokens.")
     conversations, tokens, learned, scanned = data_stats(os.path.join(args.run, "data"))
     hours = sum(r.get("epoch_seconds", 0) for r in history) / 3600
     size_mb = os.path.getsize(os.path.join(dest, "model.safetensors")) / 2**20
@@ -104,7 +126,7 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Hardware: {cpu_name()}, 2 vCPUs, no GPU; training wall time
   {hours:.2f} h for this head.
 * Command: `{args.command}`
-* Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).
+* Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
 
 | epoch | train loss | train top-1 (MoE) | train top-1 (contrastive) | held-out top-1 (MoE) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | minutes |
 |---|---|---|---|---|---|---|---|---|

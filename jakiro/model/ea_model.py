@@ -27,8 +27,10 @@ from .kv_cache import KVCache
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
 TREE_SIZE_CANDIDATES = (8, 12, 16, 24, 32, 40, 48, 60)
-# Draft over the most frequent tokens of the head's training data when it saw at least this many.
+# Draft over (at most) this many of the most frequent tokens of the head's training data, when the
+# data ranked at least MIN_RANKED_TOKENS distinct tokens (a smaller ranking comes from too little data).
 DEFAULT_DRAFT_VOCAB_SIZE = 8192
+MIN_RANKED_TOKENS = 1024
 
 
 class EaModel(nn.Module):
@@ -102,7 +104,8 @@ class EaModel(nn.Module):
         ``total_token=-1`` picks the tree size by timing verification on this device.
         ``draft_vocab_size``: draft over that many of the most frequent tokens of the head's training
         data (``draft_vocab.safetensors`` in the head folder); 0 drafts over the whole vocabulary;
-        None uses ``DEFAULT_DRAFT_VOCAB_SIZE`` when the folder ranks at least that many tokens.
+        None uses ``min(DEFAULT_DRAFT_VOCAB_SIZE, ranked tokens)`` when the folder ranks at least
+        ``MIN_RANKED_TOKENS`` tokens, else the whole vocabulary.
         Verification always uses the full vocabulary, so the output does not change.
         ``draft_dtype`` (e.g. ``torch.bfloat16``) runs only the draft head in that dtype: cheaper
         drafting on CPUs with bf16 matrix units, the same output (verification keeps the base dtype).
@@ -174,7 +177,7 @@ class EaModel(nn.Module):
         self.draft_vocab_ranking = read_draft_vocab(folder)
         ranked = 0 if self.draft_vocab_ranking is None else self.draft_vocab_ranking.numel()
         if draft_vocab_size is None:
-            draft_vocab_size = DEFAULT_DRAFT_VOCAB_SIZE if ranked >= DEFAULT_DRAFT_VOCAB_SIZE else 0
+            draft_vocab_size = min(DEFAULT_DRAFT_VOCAB_SIZE, ranked) if ranked >= MIN_RANKED_TOKENS else 0
         if draft_dtype is not None:
             self.set_draft_dtype(draft_dtype)
         self.set_draft_vocab_size(draft_vocab_size)
