@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=["jakiro", "eagle2"],
                         help="shipped head names, or NAME=FOLDER for any Jakiro/EAGLE-2 head folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary (default: the head's)")
     parser.add_argument("--total-token", type=int, default=12)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
@@ -42,7 +43,8 @@ def main() -> None:
     for kind in args.heads:
         kind, _, folder = kind.partition("=")
         model = EaModel.from_pretrained(ea_model_path=folder or None, shipped_head=kind, total_token=args.total_token,
-                                        depth=args.depth, top_k=args.top_k, dtype=torch.float32)
+                                        depth=args.depth, top_k=args.top_k, dtype=torch.float32,
+                                        draft_vocab_size=args.draft_vocab_size)
         tok = model.tokenizer
         prompts = [tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)["input_ids"] for q in questions]
