@@ -78,3 +78,44 @@ def tiny_ea_model(family="llama", attn="sdpa", moe=True, total_token=12, depth=3
 def prompt(seed: int, length: int = 12, vocab: int = VOCAB) -> torch.Tensor:
     """A random prompt that avoids the eos id."""
     return torch.randint(4, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def tree_walk_verifier(after_rejection):
+    """A sampling verifier that walks the tree like ``verify_sampling`` but updates the target
+    distribution after a rejected child with ``after_rejection(probs, token) -> probs``; the exact
+    rule zeroes ``token`` and renormalises. Used to build biased verifiers for negative controls."""
+    from .model.verification import target_probs
+
+    def verify(logits, tree, processor, prefix):
+        tokens, children = tree.tokens.tolist(), tree.children()
+        node, path, path_tokens = 0, [0], prefix
+        while True:
+            probs = target_probs(logits[node], processor, path_tokens)
+            for child in children[node]:
+                if torch.rand(()).item() < probs[tokens[child]].item():
+                    node = child
+                    path.append(child)
+                    path_tokens = torch.cat((path_tokens, tree.tokens[child : child + 1][None]), dim=1)
+                    break
+                probs = after_rejection(probs, tokens[child])
+            else:
+                return path, int(torch.multinomial(probs, 1))
+
+    return verify
+
+
+def eos_stop_hits(model, seeds) -> int:
+    """Make a token of prompt 0's greedy continuation the eos, check that ``eagenerate`` stops exactly
+    like ``generate`` for every seed's prompt, and return how many of them stopped at it."""
+    reference = model.base_model.generate(prompt(0), max_new_tokens=30, do_sample=False)[0, 12:].tolist()
+    stop = reference[9]
+    model.base_model.generation_config.eos_token_id = stop
+    model.base_model.config.eos_token_id = stop
+    hits = 0
+    for seed in seeds:
+        ids = prompt(seed)
+        ref = model.base_model.generate(ids, max_new_tokens=30, do_sample=False)
+        out = model.eagenerate(ids, max_new_tokens=30)
+        assert out.tolist() == ref.tolist()
+        hits += int(out[0, -1] == stop)
+    return hits

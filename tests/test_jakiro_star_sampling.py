@@ -15,8 +15,8 @@ from test_sampling import SAMPLES, VOCAB, chi_square_p_value, exact_joint, sampl
 
 import jakiro.model.ea_model as ea_model_module
 from jakiro.model.draft_tree import DraftTree
-from jakiro.model.verification import prepare_logits_processor, target_probs, verify_sampling
-from jakiro.testing import prompt, tiny_base
+from jakiro.model.verification import prepare_logits_processor, verify_sampling
+from jakiro.testing import prompt, tiny_base, tree_walk_verifier
 from jakiro_star.model.ea_model import EaModel
 
 CASES = [  # (tree, warpers, samples)
@@ -44,23 +44,10 @@ def test_first_three_tokens_follow_the_exact_distribution(tree, settings, sample
     assert 1.05 < mean_steps < 1.95  # both acceptance and rejection happened
 
 
-def reference_residual(logits, tree, processor, prefix):
-    """The reference Jakiro*'s residual after a rejected draft: max(p - q, 0) renormalised, with q the
-    double softmax that is about 1/V everywhere, instead of p without the rejected token."""
-    tokens, children = tree.tokens.tolist(), tree.children()
-    node, path, path_tokens = 0, [0], prefix
-    while True:
-        probs = target_probs(logits[node], processor, path_tokens)
-        for child in children[node]:
-            if torch.rand(()).item() < probs[tokens[child]].item():
-                node = child
-                path.append(child)
-                path_tokens = torch.cat((path_tokens, tree.tokens[child : child + 1][None]), dim=1)
-                break
-            probs = (probs - 1.0 / probs.numel()).clamp(min=0)
-            probs /= probs.sum()
-        else:
-            return path, int(torch.multinomial(probs, 1))
+# The reference Jakiro*'s residual after a rejected draft: max(p - q, 0) renormalised, with q the double
+# softmax that is about 1/V everywhere, instead of p without the rejected token.
+reference_residual = tree_walk_verifier(lambda probs, token: (probs - 1.0 / probs.numel()).clamp(min=0) /
+                                        (probs - 1.0 / probs.numel()).clamp(min=0).sum())
 
 
 def test_the_reference_residual_fails_the_same_test(monkeypatch):

@@ -11,7 +11,7 @@ import torch
 
 import jakiro.model.ea_model as ea_model_module
 from jakiro.model.verification import prepare_logits_processor
-from jakiro.testing import prompt, tiny_ea_model
+from jakiro.testing import prompt, tiny_ea_model, tree_walk_verifier
 
 VOCAB = 32
 SAMPLES = 2000
@@ -88,22 +88,7 @@ def test_first_three_tokens_follow_the_exact_distribution(settings):
 def test_a_verifier_without_residual_fails_the_same_test(monkeypatch):
     """Negative control: resampling from p instead of the residual after a rejection is biased."""
 
-    def no_residual(logits, tree, processor, prefix):
-        from jakiro.model.verification import target_probs
-
-        tokens, children = tree.tokens.tolist(), tree.children()
-        node, path, path_tokens = 0, [0], prefix
-        while True:
-            probs = target_probs(logits[node], processor, path_tokens)
-            for child in children[node]:
-                if torch.rand(()).item() < probs[tokens[child]].item():
-                    node = child
-                    path.append(child)
-                    path_tokens = torch.cat((path_tokens, tree.tokens[child : child + 1][None]), dim=1)
-                    break
-            else:
-                return path, int(torch.multinomial(probs, 1))
-
+    no_residual = tree_walk_verifier(lambda probs, token: probs)
     monkeypatch.setattr(ea_model_module, "verify_sampling", no_residual)
     model = make_model()
     ids = prompt(3, vocab=VOCAB)
