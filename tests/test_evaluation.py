@@ -137,3 +137,17 @@ def test_eval_metric_script_runs_as_written(tmp_path):
     assert "mean speed-up ratio:" in out.stdout and "n/a" not in out.stdout
     for bench in benches:
         assert os.path.exists(tmp_path / bench / "llama3-Jakiro-temperature-0.0.jsonl")
+
+
+def test_jakiro_star_answers_equal_the_baseline(answers, tmp_path):
+    """The Jakiro* scripts share the runner; with the shipped Jakiro* head the answers stay lossless."""
+    from jakiro_star.evaluation.load import load_model as load_star
+
+    _, _, base = answers
+    args = runner.parse_args("ea", "auto", ["--question-end", "2", "--max-new-token", "12", "--warmup", "0",
+                                            "--tree-choices", "small_15", "--answer-file", str(tmp_path / "star.jsonl")])
+    path = runner.run(args, runner.speculative, load_star)
+    with open(path) as f:
+        star = [json.loads(line) for line in f]
+    assert [r["choices"][0]["turns"] for r in star] == [r["choices"][0]["turns"] for r in base]
+    assert star[0]["model_id"].endswith("-jakiro-temperature-0.0")
