@@ -153,14 +153,18 @@ def load_model(args: argparse.Namespace):
     """Load ``EaModel`` as the reference scripts do (fp16 on CUDA), with our embedded defaults."""
     from ..model.ea_model import EaModel
 
-    cuda = torch.cuda.is_available()
-    dtype = getattr(torch, args.dtype or ("float16" if cuda else "float32"))
-    kwargs = {"device_map": "auto"} if cuda else {}
     return EaModel.from_pretrained(
         base_model_path=args.base_model_path, ea_model_path=args.ea_model_path, total_token=args.total_token,
         depth=args.depth, top_k=args.top_k, threshold=args.threshold, shipped_head=args.shipped_head,
-        dtype=dtype, **kwargs,
+        **base_model_kwargs(args),
     )
+
+
+def base_model_kwargs(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keywords of the reference scripts: fp16 over all GPUs on CUDA, fp32 on CPU."""
+    cuda = torch.cuda.is_available()
+    kwargs = {"dtype": getattr(torch, args.dtype or ("float16" if cuda else "float32"))}
+    return {**kwargs, "device_map": "auto"} if cuda else kwargs
 
 
 def speculative(model, ids: torch.Tensor, args: argparse.Namespace, is_llama3: bool):

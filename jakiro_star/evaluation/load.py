@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 DEFAULT_TREE = "mc_sim_7b_63"
 
 
 def load_model(args: argparse.Namespace):
     """``jakiro_star.model.ea_model.EaModel`` with ``--tree-choices`` (default: the reference's mc_sim_7b_63)."""
+    from jakiro.evaluation.runner import base_model_kwargs
+
     from ..model.ea_model import EaModel
 
-    cuda = torch.cuda.is_available()
-    dtype = getattr(torch, args.dtype or ("float16" if cuda else "float32"))
-    kwargs = {"device_map": "auto"} if cuda else {}
     return EaModel.from_pretrained(base_model_path=args.base_model_path, ea_model_path=args.ea_model_path,
-                                   tree_choices=args.tree_choices or DEFAULT_TREE, dtype=dtype, **kwargs)
+                                   tree_choices=args.tree_choices or DEFAULT_TREE, **base_model_kwargs(args))
 
 
 def main(kind: str, template: str) -> str:
