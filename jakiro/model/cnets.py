@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import additive_mask
 from .configs import EConfig
 from .kv_cache import KVCacheLayer
 
@@ -353,11 +354,6 @@ def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device
     """Additive mask ``[1,1,length,past+length]``: every query sees the past and earlier new positions."""
     allowed = torch.ones(length, past + length, dtype=torch.bool, device=device).tril(diagonal=past)
     return additive_mask(allowed, dtype)[None, None]
-
-
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Turn a boolean "may attend" matrix into an additive float mask (0 or the dtype's minimum)."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,7 +20,8 @@ from torch import nn
 
 from .checkpoint import (EMBEDDING_KEY, check_fits_base, check_state_dict, read_draft_vocab, read_state_dict,
                          resolve_draft_folder)
-from .cnets import Model, additive_mask
+from .attention import attention_pattern, tree_attention_mask
+from .cnets import Model
 from .configs import EConfig
 from .draft_tree import DraftTree
 from .kv_cache import KVCache
@@ -58,15 +59,7 @@ class EaModel(nn.Module):
 
     def _attach(self, base_model: nn.Module, ea_layer: Model, tokenizer: Any) -> None:
         """Check that ``base_model`` can verify trees and that ``ea_layer`` fits it, then keep both."""
-        attn = getattr(base_model.config, "_attn_implementation", None)
-        if attn is not None and "flash" in attn:
-            raise ValueError(
-                f"attn_implementation={attn!r} cannot apply a tree attention mask; load the base model with "
-                "attn_implementation='sdpa' or 'eager'"
-            )
-        layer_types = getattr(base_model.config.get_text_config(), "layer_types", None) or []
-        if any(t != "full_attention" for t in layer_types):
-            raise ValueError(f"base model has non-full-attention layers {sorted(set(layer_types))}; not supported yet")
+        self.attention = attention_pattern(base_model.config)
         check_fits_base(ea_layer.config, base_model)
         self.base_model = base_model
         self.ea_layer = ea_layer
@@ -365,14 +358,11 @@ class EaModel(nn.Module):
         )
         return out.logits[0], out.hidden_states[-1][0]
 
-    def _tree_mask(self, committed: int, tree: DraftTree) -> torch.Tensor:
-        """Additive mask [1, 1, N, committed + N]: the whole prefix plus each node's ancestors."""
-        size = len(tree)
+    def _tree_mask(self, committed: int, tree: DraftTree) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Additive mask(s) [1, 1, N, committed + N]: the prefix plus each node's ancestors, within each
+        layer type's sliding window (see ``attention.tree_attention_mask``)."""
         device = self.base_model.get_input_embeddings().weight.device
-        allowed = torch.cat(
-            (torch.ones(size, committed, dtype=torch.bool, device=device), tree.ancestors.to(device)), dim=1
-        )
-        return additive_mask(allowed, self.base_model.dtype)[None, None]
+        return tree_attention_mask(self.attention, committed, tree.ancestors, tree.depths, self.base_model.dtype, device)
 
     def _fresh_cache(self, capacity: int) -> KVCache:
         """Reuse the preallocated cache when it is large enough."""
