@@ -75,7 +75,8 @@ def test_config_reads_released_json(tmp_path):
     [
         ({"num_local_experts": 3}, "exactly 2 experts"),
         ({"num_experts_per_tok": None}, "num_experts_per_tok"),
-        ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_scaling"),
+        ({"rope_scaling": {"type": "bogus", "factor": 2.0}}, "unknown rope_scaling type 'bogus'"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling .* not valid for 'llama3'"),
         ({"num_key_value_heads": 5}, "multiple of"),
     ],
 )
@@ -155,6 +156,44 @@ def test_linear_rope_scaling_divides_positions():
     cos_s, _ = scaled(torch.tensor([[4]]), torch.float32)
     cos_p, _ = plain(torch.tensor([[2]]), torch.float32)
     torch.testing.assert_close(cos_s, cos_p)
+
+
+ROPE_SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ROPE_SCALINGS))
+def test_draft_rope_follows_the_base_models_scaling(kind, tmp_path):
+    """A head derived from a base with scaled RoPE keeps the scaling, through config.json too, and
+    rotates exactly like the base model (positions past the original length included)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        rope_parameters={**ROPE_SCALINGS[kind], "rope_theta": 50000.0}))
+    config = EConfig.from_base_config(base.config)
+    assert config.rope_scaling["rope_type"] == kind and config.rope_theta == 50000.0
+    config.save_pretrained(tmp_path)
+    reloaded = EConfig.from_pretrained(tmp_path)
+    assert reloaded.rope_scaling == config.rope_scaling
+    positions = torch.arange(0, 200, 7)[None]
+    cos, sin = Model(reloaded).rotary(positions, torch.float32)
+    base_cos, base_sin = base.model.rotary_emb(torch.zeros(1, 1, 32), positions)
+    torch.testing.assert_close(cos, base_cos)
+    torch.testing.assert_close(sin, base_sin)
+
+
+def test_rope_parameters_of_transformers_5_configs_are_read(tmp_path):
+    data = {**VICUNA_7B, "rope_parameters": {"rope_theta": 500000.0, **ROPE_SCALINGS["llama3"]}}
+    data.pop("rope_theta", None)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = EConfig.from_pretrained(tmp_path)
+    assert config.rope_theta == 500000.0 and config.rope_scaling == ROPE_SCALINGS["llama3"]
 
 
 TRAIN_CONFIGS = Path(jakiro.train.__file__).parent

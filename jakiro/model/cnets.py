@@ -37,30 +37,30 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding with optional linear or dynamic-NTK scaling."""
+    """Rotary position embedding of any type transformers implements (default, linear, dynamic, llama3,
+    yarn, longrope, ...), computed by transformers' own ``LlamaRotaryEmbedding``.
+
+    That module is built lazily on the device of the first positions it sees and is not a submodule,
+    so the head holds no rope buffers (it can be built on the meta device and loaded strictly).
+    """
 
     def __init__(self, config: EConfig) -> None:
         super().__init__()
-        self.dim = config.head_dim
-        self.base = float(config.rope_theta or 10000.0)
-        self.max_positions = config.max_position_embeddings
-        scaling = config.rope_scaling or {}
-        self.kind = scaling.get("type", scaling.get("rope_type", "default"))
-        self.factor = float(scaling.get("factor", 1.0))
+        self.rope_config = config.rope_config()
+        self._rope: nn.Module | None = None
+
+    @property
+    def base(self) -> float:
+        """``rope_theta``."""
+        return float(self.rope_config.rope_parameters["rope_theta"])
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        base, positions = self.base, position_ids.float()
-        if self.kind == "linear":
-            positions = positions / self.factor
-        elif self.kind == "dynamic":
-            seq_len = int(position_ids.max()) + 1
-            if seq_len > self.max_positions:
-                ratio = self.factor * seq_len / self.max_positions - (self.factor - 1)
-                base = base * ratio ** (self.dim / (self.dim - 2))
-        inv_freq = 1.0 / (base ** (torch.arange(0, self.dim, 2, device=position_ids.device).float() / self.dim))
-        freqs = positions[..., None] * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        if self._rope is None or self._rope.inv_freq.device != position_ids.device:
+            self._rope = LlamaRotaryEmbedding(self.rope_config).to(position_ids.device)
+        probe = torch.empty(0, dtype=dtype, device=position_ids.device)
+        return self._rope(probe, position_ids)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 CONFIG_NAME = "config.json"
+FULL_ATTENTION = "full_attention"
 
 _DEFAULTS: dict[str, Any] = {
     "vocab_size": 32000,
@@ -35,6 +36,16 @@ _DEFAULTS: dict[str, Any] = {
     "num_local_experts": None,
     "num_experts_per_tok": None,
 }
+
+
+def rope_scaling_of(rope_parameters: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``rope_scaling`` entry for a transformers ``rope_parameters`` dict (None for plain RoPE).
+
+    ``partial_rotary_factor`` is left out: the draft layer rotates whole heads.
+    """
+    scaling = {k: v for k, v in rope_parameters.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    return None if kind == "default" else scaling
 
 
 class EConfig:
@@ -74,13 +85,32 @@ class EConfig:
         if self.is_moe and self.num_experts_per_tok is None:
             raise ValueError("draft config: a MoE head needs num_experts_per_tok next to num_local_experts")
         if self.rope_scaling is not None:
-            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
-            factor = self.rope_scaling.get("factor")
-            if kind not in ("linear", "dynamic", "default") or (kind != "default" and not factor):
-                raise ValueError(
-                    f"draft config: rope_scaling must be null or {{'type': 'linear'|'dynamic', 'factor': float}}, "
-                    f"got {self.rope_scaling!r}"
-                )
+            self.rope_config()  # raises ValueError for an unknown type or missing parameters
+
+    def rope_config(self) -> Any:
+        """A transformers ``LlamaConfig`` carrying this head's rotary embedding (``rope_theta`` and
+        ``rope_scaling``), validated by transformers; ``ValueError`` says what is wrong."""
+        from transformers import LlamaConfig
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        scaling = dict(self.rope_scaling or {})
+        if not isinstance(self.rope_scaling or {}, dict):
+            raise ValueError(f"draft config: rope_scaling must be null or a dict, got {self.rope_scaling!r}")
+        kind = scaling.pop("rope_type", scaling.pop("type", "default"))
+        if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(f"draft config: unknown rope_scaling type {kind!r}; known: {['default', *ROPE_INIT_FUNCTIONS]}")
+        parameters = {**scaling, "rope_type": kind, "rope_theta": float(self.rope_theta or 10000.0)}
+        try:
+            return LlamaConfig(
+                hidden_size=self.hidden_size,
+                num_attention_heads=self.num_attention_heads,
+                num_key_value_heads=self.num_key_value_heads,
+                head_dim=self.head_dim,
+                max_position_embeddings=self.max_position_embeddings,
+                rope_parameters=parameters,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"draft config: rope_scaling {self.rope_scaling!r} is not valid for {kind!r}: {e}") from None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "EConfig":
@@ -95,10 +125,12 @@ class EConfig:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"draft config {path} is not valid JSON: {e}") from None
-        # Configs saved by transformers 5 carry rope_theta inside rope_parameters.
+        # Configs saved by transformers 5 carry rope_theta and the scaling inside rope_parameters.
         rope_parameters = data.pop("rope_parameters", None) or {}
         if "rope_theta" not in data and "rope_theta" in rope_parameters:
             data["rope_theta"] = rope_parameters["rope_theta"]
+        if data.get("rope_scaling") is None:
+            data["rope_scaling"] = rope_scaling_of(rope_parameters)
         return cls(**data)
 
     @classmethod
@@ -106,6 +138,8 @@ class EConfig:
         """Build a draft config that fits a transformers base-model config."""
         text = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
         rope = getattr(text, "rope_parameters", None) or {}
+        if FULL_ATTENTION in rope:  # one rope per layer type (Gemma-3): draft with the global layers' one
+            rope = rope[FULL_ATTENTION]
         values = {
             "vocab_size": text.vocab_size,
             "hidden_size": text.hidden_size,
@@ -119,7 +153,8 @@ class EConfig:
             "pad_token_id": getattr(text, "pad_token_id", None),
             "bos_token_id": getattr(text, "bos_token_id", None),
             "eos_token_id": getattr(text, "eos_token_id", None),
-            "rope_theta": float(rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))),
+            "rope_theta": float(rope.get("rope_theta", getattr(text, "rope_theta", None) or 10000.0)),
+            "rope_scaling": rope_scaling_of(rope) or getattr(text, "rope_scaling", None),
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
         }
