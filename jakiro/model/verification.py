@@ -7,8 +7,8 @@ distribution p, the children x1, x2, ... are tried in turn; x is accepted with p
 (the draft proposed it with probability 1), otherwise p(x) is set to 0 and p renormalised (the
 residual max(p - q, 0) for q = one-hot(x)). When no child is accepted, the next token is drawn from
 the residual. This keeps the output distribution exactly equal to sampling from p token by token
-(SpecInfer, Miao et al. 2023; EAGLE-2, Li et al. 2024). The logits processor (temperature, top-p,
-top-k) is applied to every target distribution, including the one of the last, "bonus" token.
+(SpecInfer, Miao et al. 2023; EAGLE-2, Li et al. 2024). The logits processor (temperature, top-k,
+top-p, in transformers' order) is applied to every target distribution, including the one of the last, "bonus" token.
 """
 
 from __future__ import annotations
@@ -24,18 +24,20 @@ def prepare_logits_processor(
 ) -> LogitsProcessorList | None:
     """Warpers for sampling, or ``None`` for greedy decoding (``temperature`` below 1e-5).
 
-    As in the reference: ``top_p`` in (0, 1) and ``top_k`` > 0 enable their warpers; other values
-    leave them off.
+    The order and conditions are those of transformers' ``generate(do_sample=True)``: temperature
+    (unless 1), then top-k (``top_k`` > 0), then top-p (``top_p`` < 1). With both set, top-p is taken
+    of the top-k distribution renormalised, so ``eagenerate`` and ``generate`` given the same values
+    sample from the same distribution. (The reference applies top-p first.)
     """
     if temperature <= 1e-5:
         return None
     processors = LogitsProcessorList()
     if temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
-    if 1e-8 <= top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
     if top_k > 0:
         processors.append(TopKLogitsWarper(int(top_k)))
+    if 0 < top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
     return processors
 
 
