@@ -122,3 +122,21 @@ def test_hub_id_fails_fast_offline(saved, monkeypatch):
     with pytest.raises(OSError, match="could not be downloaded"):
         load(saved, "someone/Jakiro-does-not-exist")
     assert time.perf_counter() - start < 20
+
+
+def test_hub_download_fetches_the_draft_vocabulary(monkeypatch, tmp_path):
+    """A hub head id downloads config, weights and draft_vocab.safetensors (the ranking drafting uses)."""
+    import huggingface_hub
+
+    from jakiro.model.checkpoint import resolve_draft_folder
+
+    asked = {}
+
+    def fake_snapshot_download(repo_id, allow_patterns, **kwargs):
+        asked.update(repo_id=repo_id, patterns=set(allow_patterns))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_draft_folder("someone/some-head") == str(tmp_path)
+    assert asked["repo_id"] == "someone/some-head"
+    assert {"config.json", "model.safetensors", "pytorch_model.bin", "draft_vocab.safetensors"} <= asked["patterns"]

@@ -126,6 +126,30 @@ def test_chat_streams_an_answer_with_tau_through_gradio_client(url):
     assert chat == [] and "Jakiro" not in rows(stats)
 
 
+def test_a_jakiro_star_model_serves_with_its_static_tree(model):
+    """A Jakiro* EaModel (static tree, other set_tree signature) works in the same page: its tree size is
+    fixed, a request asking for another size gets a message, not a TypeError."""
+    from jakiro.embedded import shipped_head_path
+    from jakiro_star.model.ea_model import EaModel as StarEaModel
+
+    star = StarEaModel.from_base(model.base_model, shipped_head_path("jakiro_star"), model.tokenizer, tree_choices="small_15")
+    assert star.tree_size_limits() == (15, 15)
+    demo = build_demo(star, template_for("auto", star.tokenizer), max_new_tokens=16)
+    address = launch(demo, port=free_port())
+    try:
+        client = Client(address, verbose=False)
+        chat, stats, status, _ = client.predict(QUESTION, "jakiro", 0.0, 1.0, 0, 16, 15, api_name="/chat")
+        assert "Paris" in plain_text(chat[1]) and status.startswith("**Done.** Jakiro")
+        tokens, steps, tau, *_ = rows(stats)["Jakiro"]
+        assert float(tau) == pytest.approx(int(tokens) / int(steps), abs=0.006)
+        chat, stats, status, _ = client.predict("plain", 0.0, 1.0, 0, 16, 15, api_name="/regenerate")
+        assert "same tokens: **yes**" in stats
+        _, _, status, _ = client.predict(QUESTION, "jakiro", 0.0, 1.0, 0, 16, 12, api_name="/chat")
+        assert "static tree of 15 nodes" in status
+    finally:
+        demo.close()
+
+
 def test_bad_prompts_and_settings_get_a_message(url):
     client = Client(url, verbose=False)
     chat, _, status, box = client.predict("   ", *GREEDY, api_name="/chat")

@@ -124,9 +124,8 @@ class ModelRunner:
 
     @property
     def tree_limits(self) -> tuple[int, int]:
-        """Smallest and largest ``total_token`` the head's depth and top_k allow."""
-        head = self.model.ea_layer
-        return 2, head.top_k + head.depth * head.top_k * head.top_k + 1
+        """Smallest and largest ``total_token`` the model's tree allows."""
+        return self.model.tree_size_limits()
 
     @property
     def total_token(self) -> int:
@@ -142,8 +141,7 @@ class ModelRunner:
             self._latest += 1
             ticket = self._latest
             if speculative and total_token is not None and total_token != self.total_token:
-                head = self.model.ea_layer
-                self.model.set_tree(total_token=total_token, depth=head.depth, top_k=head.top_k, threshold=head.threshold)
+                self.model.set_tree_size(total_token)
         generate = self.model.ea_generate if speculative else self.model.naive_generate
         steps = generate(torch.tensor([input_ids], dtype=torch.long), log=True, **settings)
         generation = Generation(speculative, self.model.tokenizer)

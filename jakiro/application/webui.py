@@ -253,8 +253,7 @@ class WebUI:
 def _model_description(model: Any, template: str) -> str:
     name = os.path.basename(str(getattr(model.base_model.config, "_name_or_path", "")).rstrip("/")) or "base model"
     head = model.ea_layer
-    kind = "Jakiro (MoE)" if head.config.is_moe else "EAGLE-2 (dense)"
-    return f"Base model **{name}**, {kind} draft head (depth {head.depth}, top-k {head.top_k}), template `{template}`."
+    return f"Base model **{name}**, {head.display_name} draft head ({model.describe_tree()}), template `{template}`."
 
 
 def build_demo(model: Any, template: str, is_llama3: bool = False, max_new_tokens: int = 256) -> gr.Blocks:
@@ -284,8 +283,12 @@ def build_demo(model: Any, template: str, is_llama3: bool = False, max_new_token
                 top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p", info="1: off")
                 top_k = gr.Slider(0, 200, value=0, step=1, label="top-k", info="0: off")
                 new_tokens = gr.Slider(1, 2048, value=max_new_tokens, step=1, label="max new tokens", elem_id="max-new-tokens")
-                total = gr.Slider(low, min(high, 256), value=ui.runner.total_token, step=1, label="total tokens",
-                                  info="draft tree size, root included")
+                if low < high:
+                    total = gr.Slider(low, min(high, 256), value=ui.runner.total_token, step=1, label="total tokens",
+                                      info="draft tree size, root included")
+                else:  # a static tree (Jakiro*) has one size
+                    total = gr.Number(value=low, precision=0, interactive=False, label="total tokens",
+                                      info="static draft tree size, root included")
         settings = [mode, temperature, top_p, top_k, new_tokens, total]
         outputs = [chatbot, chat, stats, status, message]
         shared = dict(outputs=outputs, concurrency_limit=1, concurrency_id="model", show_progress="hidden")

@@ -10,6 +10,9 @@ from torch import nn
 from .configs import CONFIG_NAME, EConfig
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
+DRAFT_VOCAB_FILE = "draft_vocab.safetensors"
+# Everything a head folder may hold that loading reads: downloaded from the hub together.
+HEAD_FILES = (CONFIG_NAME, *WEIGHT_FILES, DRAFT_VOCAB_FILE)
 EMBEDDING_KEY = "embed_tokens.weight"
 # A key only one draft-head layout has -> (layout name, how to load that layout).
 LAYOUT_MARKERS = {
@@ -32,7 +35,7 @@ def resolve_draft_folder(path: str | os.PathLike) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo_id=path, allow_patterns=[CONFIG_NAME, *WEIGHT_FILES], etag_timeout=5)
+        return snapshot_download(repo_id=path, allow_patterns=list(HEAD_FILES), etag_timeout=5)
     except Exception as e:  # offline, unknown repo, gated repo...
         raise OSError(
             f"{path!r} is not a local folder and could not be downloaded from the Hugging Face hub "
@@ -117,8 +120,6 @@ def save_draft_head(head: nn.Module, folder: str | os.PathLike, dtype: torch.dty
     os.replace(target + ".tmp", target)
     head.config.save_pretrained(folder)
 
-
-DRAFT_VOCAB_FILE = "draft_vocab.safetensors"
 
 
 def save_draft_vocab(folder: str | os.PathLike, token_ids: torch.Tensor, counts: torch.Tensor) -> None:

@@ -227,6 +227,11 @@ class Model(nn.Module):
         object.__setattr__(self, "embed_tokens", embed_tokens)
 
     @property
+    def display_name(self) -> str:
+        """What kind of head this is, in words."""
+        return "Jakiro (MoE)" if self.config.is_moe else "EAGLE-2 (dense)"
+
+    @property
     def is_moe(self) -> bool:
         return self.config.is_moe
 

@@ -205,18 +205,32 @@ class EaModel(nn.Module):
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
         if not isinstance(top_k, int) or not 1 <= top_k <= vocab:
             raise ValueError(f"top_k must be an integer in [1, {vocab}], got {top_k!r}")
-        candidates = top_k + depth * top_k * top_k
-        if total_token != -1 and (not isinstance(total_token, int) or not 2 <= total_token <= candidates + 1):
+        largest = max_tree_size(depth, top_k)
+        if total_token != -1 and (not isinstance(total_token, int) or not 2 <= total_token <= largest):
             raise ValueError(
-                f"total_token must be -1 or an integer in [2, {candidates + 1}] for top_k={top_k}, depth={depth}; "
+                f"total_token must be -1 or an integer in [2, {largest}] for top_k={top_k}, depth={depth}; "
                 f"got {total_token!r}"
             )
         head = self.ea_layer
         head.depth, head.top_k, head.threshold = depth, top_k, threshold
         if total_token == -1:
-            head.total_tokens = min(self.choose_tree_size(), candidates + 1) - 1
+            head.total_tokens = min(self.choose_tree_size(), largest) - 1
         else:
             head.total_tokens = total_token - 1
+
+    def tree_size_limits(self) -> tuple[int, int]:
+        """Smallest and largest ``total_token`` the current tree shape allows (see ``set_tree_size``)."""
+        return 2, max_tree_size(self.ea_layer.depth, self.ea_layer.top_k)
+
+    def set_tree_size(self, total_token: int) -> None:
+        """Change the number of tree nodes (root included), keeping the tree's depth and branching."""
+        head = self.ea_layer
+        self.set_tree(total_token=total_token, depth=head.depth, top_k=head.top_k, threshold=head.threshold)
+
+    def describe_tree(self) -> str:
+        """The tree shape in words (for logs and the web UI)."""
+        head = self.ea_layer
+        return f"{head.total_tokens + 1} nodes, depth {head.depth}, top-k {head.top_k}"
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -449,7 +463,7 @@ class EaModel(nn.Module):
         saved = head.total_tokens
         best, best_rate = TREE_SIZE_CANDIDATES[0], 0.0
         for size in TREE_SIZE_CANDIDATES:
-            if size - 1 > head.top_k + head.depth * head.top_k**2:
+            if size > max_tree_size(head.depth, head.top_k):
                 break
             head.total_tokens = size - 1
             cache = self._fresh_cache(context + size + 1)
@@ -473,6 +487,12 @@ class EaModel(nn.Module):
         head.total_tokens = saved
         self.cache = None
         return best
+
+
+def max_tree_size(depth: int, top_k: int) -> int:
+    """The most nodes (root included) a dynamic tree of ``depth`` levels with branching ``top_k`` can
+    select from: the root, ``top_k`` first-level candidates and ``top_k**2`` per further level."""
+    return 1 + top_k + depth * top_k * top_k
 
 
 def validate_input_ids(input_ids, vocab_size: int) -> torch.Tensor:
@@ -532,4 +552,4 @@ def build_head(
     return head.to(device=lm_weight.device).eval()
 
 
-__all__ = ["EaModel", "build_head", "validate_input_ids"]
+__all__ = ["EaModel", "build_head", "max_tree_size", "validate_input_ids"]

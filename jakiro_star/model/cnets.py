@@ -109,6 +109,10 @@ class Model(JakiroModel):
         return False
 
     @property
+    def display_name(self) -> str:
+        return "Jakiro* (two GELU experts)" if self.config.is_moe else "EAGLE-1 (dense)"
+
+    @property
     def draft_tree_positions(self) -> int:
         return self.tree.fed_count
 

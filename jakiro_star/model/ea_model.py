@@ -105,6 +105,22 @@ class EaModel(JakiroEaModel):
         """The current tree as a ``*_choices`` list (nodes in tree order, root omitted)."""
         return [list(path) for path in self.ea_layer.tree.paths[1:]]
 
+    def tree_size_limits(self) -> tuple[int, int]:
+        """A static tree has one size."""
+        size = len(self.ea_layer.tree)
+        return size, size
+
+    def set_tree_size(self, total_token: int) -> None:
+        """Only the static tree's own size is accepted (pick another ``tree_choices`` to change it)."""
+        size = len(self.ea_layer.tree)
+        if total_token != size:
+            raise ValueError(f"Jakiro* drafts a static tree of {size} nodes; set_tree(tree_choices) changes it, "
+                             f"total_token={total_token!r} cannot")
+
+    def describe_tree(self) -> str:
+        head = self.ea_layer
+        return f"static tree of {head.total_tokens + 1} nodes, depth {head.depth}"
+
     def choose_tree_size(self, *args: Any, **kwargs: Any) -> int:
         raise NotImplementedError("Jakiro* drafts a static tree: pick one of jakiro_star.model.choices instead")
 
