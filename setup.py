@@ -12,7 +12,7 @@ setup(
     package_data={"jakiro": ["heads/*/*", "train/*.json"], "jakiro_star": ["train/*.json"]},
     install_requires=[
         "torch>=2.6,<2.15",
-        "transformers>=5.24,<5.25",
+        "transformers>=5.23,<5.25",
         "accelerate>=1.0",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",

@@ -2,7 +2,7 @@
 
 import torch
 
-from jakiro.model.kv_cache import KVCache, KVCacheLayer
+from jakiro.model.kv_cache import KVCache, KVCacheLayer, cache_argument
 from jakiro.testing import prompt, tiny_base
 
 
@@ -46,11 +46,12 @@ def test_kept_path_continues_like_a_full_forward():
         depth.append(d - 1)
     mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
     cache = KVCache(base.config.num_hidden_layers, 64)
+    kwarg = cache_argument(base)
     with torch.no_grad():
-        base(ids, cache=cache)
-        base(tree_tokens, attention_mask=mask, position_ids=torch.tensor([depth]) + L, cache=cache)
+        base(ids, **{kwarg: cache})
+        base(tree_tokens, attention_mask=mask, position_ids=torch.tensor([depth]) + L, **{kwarg: cache})
         cache.keep(L, torch.tensor([0, 2, 5]))
-        nxt = base(torch.tensor([[50]]), cache=cache).logits[0, -1]
+        nxt = base(torch.tensor([[50]]), **{kwarg: cache}).logits[0, -1]
         full = base(torch.cat((ids, torch.tensor([[20, 31, 42, 50]])), 1)).logits[0, -1]
     assert cache.get_seq_length() == L + 4
     torch.testing.assert_close(nxt, full, atol=1e-4, rtol=1e-4)

@@ -24,7 +24,7 @@ from .attention import attention_pattern, tree_attention_mask
 from .cnets import Model
 from .configs import EConfig
 from .draft_tree import DraftTree
-from .kv_cache import KVCache
+from .kv_cache import KVCache, cache_argument
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
 TREE_SIZE_CANDIDATES = (8, 12, 16, 24, 32, 40, 48, 60)
@@ -68,7 +68,7 @@ class EaModel(nn.Module):
         self.draft_vocab_ranking: torch.Tensor | None = None
         self.draft_vocab_size = 0
         forward_args = inspect.signature(base_model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
+        self._cache_kwarg = cache_argument(base_model)
         self._has_logits_to_keep = "logits_to_keep" in forward_args
         self.eval()
 

@@ -4,11 +4,17 @@ Tree verification writes all N tree tokens into the cache, then only the accepte
 must stay. ``KVCache`` implements transformers' ``Cache`` interface (so an unmodified
 ``*ForCausalLM`` writes into it) and adds ``keep``, which moves the accepted positions to the front
 of the freshly written block in place. The draft head uses the same layer class for its own cache.
+
+This module is the one place that knows transformers' cache interface (``CacheLayerMixin``, the
+forward keyword), which changed during 5.x; it is tested on the releases ``requirements.txt`` allows.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
@@ -32,7 +38,10 @@ class KVCacheLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append ``key_states``/``value_states`` and return views of everything cached so far."""
-        if not self.is_initialized:
+        stale = self.is_initialized and self.length == 0 and (
+            self.keys.dtype != key_states.dtype or self.keys.device != key_states.device
+        )
+        if not self.is_initialized or stale:  # first use, or reused after the model changed dtype or device
             self.lazy_initialization(key_states, value_states)
         start, end = self.length, self.length + key_states.shape[-2]
         if end > self.capacity:
@@ -85,3 +94,8 @@ class KVCache(Cache):
         """Forget everything after ``length`` (buffers are kept for reuse)."""
         for layer in self.layers:
             layer.length = length
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The keyword ``model.forward`` takes a cache by: ``cache`` (transformers 5.24+) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
