@@ -8,6 +8,6 @@ import transformers
 def test_transformers_release_is_one_requirements_allow():
     version = tuple(int(part) for part in transformers.__version__.split(".")[:2])
     assert (5, 23) <= version < (5, 25), transformers.__version__
-    expected = os.environ.get("PYTHONPATH", "")
-    if "transformers-" in expected:  # the compatibility run imports the release it installed
-        assert os.path.dirname(os.path.dirname(transformers.__file__)) in expected
+    path = os.environ.get("PYTHONPATH", "")
+    if "transformers-" in path:  # the compatibility run must import the release it installed
+        assert transformers.__version__ == path.split("transformers-")[-1].split(os.pathsep)[0]
