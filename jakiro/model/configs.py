@@ -154,7 +154,7 @@ class EConfig:
             "bos_token_id": getattr(text, "bos_token_id", None),
             "eos_token_id": getattr(text, "eos_token_id", None),
             "rope_theta": float(rope.get("rope_theta", getattr(text, "rope_theta", None) or 10000.0)),
-            "rope_scaling": rope_scaling_of(rope) or getattr(text, "rope_scaling", None),
+            "rope_scaling": rope_scaling_of(rope),
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
         }

@@ -3,8 +3,9 @@
 One speculative step: the draft head grows a token tree after the current root token; the base
 model scores the whole tree in one forward pass (4D tree attention mask, explicit positions);
 the verifier accepts a root-to-leaf path and picks the next token; the cache keeps only the
-accepted path. Greedy output equals plain greedy decoding; sampled output has the same
-distribution as plain sampling.
+accepted path. In float32, greedy output equals plain greedy decoding token for token; in half
+precision it is identical up to rounding near ties (a tree forward and a one-token forward round
+differently). Sampled output has the same distribution as plain sampling.
 """
 
 from __future__ import annotations
