@@ -22,5 +22,7 @@ setup(
         "fschat>=0.2.36",
         "gradio>=6.0",
     ],
+    # Draft-head variants jakiro finds without importing them (jakiro.variants).
+    entry_points={"jakiro.variants": ["jakiro_star = jakiro_star.variant"]},
     extras_require={"test": ["pytest>=8", "selenium>=4.20"], "deepspeed": ["deepspeed>=0.14"]},
 )

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from jakiro.model.draft_tree import _select_tree, grow_tree
+from jakiro.model.drafter import TreeShape
 from jakiro.testing import bigram_head, prompt, tiny_base
 
 
@@ -18,14 +19,14 @@ def embedding_only_head(base, moe=True):
     return head
 
 
-def draft(head, base, total_tokens, depth, top_k, seed=0):
-    head.total_tokens, head.depth, head.top_k = total_tokens, depth, top_k
+def draft(head, base, total_tokens, depth, top_k, seed=0, hybrid=True):
     ids = prompt(seed)
     with torch.no_grad():
         features = base(ids, output_hidden_states=True).hidden_states[-1]
     root = torch.tensor([[7]])
     head.reset_kv(256)
-    return grow_tree(head, features, torch.cat((ids, root), 1), base.lm_head)
+    return grow_tree(head, TreeShape(total_tokens + 1, depth, top_k), features, torch.cat((ids, root), 1), base.lm_head,
+                     hybrid)
 
 
 def predicted(head, base, token: int, k: int) -> set[int]:
@@ -68,21 +69,19 @@ def test_every_level_expands_the_right_parent(depth):
 def test_without_hybrid_every_level_comes_from_the_parent():
     base = tiny_base()
     head = embedding_only_head(base)
-    head.hybrid_last_level = False
     k, depth = 3, 3
-    tree = draft(head, base, k + depth * k * k, depth, k)
+    tree = draft(head, base, k + depth * k * k, depth, k, hybrid=False)
     tokens = tree.tokens.tolist()
     for node in range(1, len(tree)):
         assert tokens[node] in predicted(head, base, tokens[tree.parents[node]], k)
 
 
 def count_forwards(head, base, depth, hybrid, moe=True):
-    head.hybrid_last_level = hybrid
     calls = []
     original = head.forward
     head.forward = lambda *a, **kw: calls.append(kw.get("penult_forward", False)) or original(*a, **kw)
     try:
-        draft(head, base, 10, depth, 3)
+        draft(head, base, 10, depth, 3, hybrid=hybrid)
     finally:
         del head.forward
     return calls
@@ -109,9 +108,11 @@ def test_depth_one_has_two_levels_and_no_parallel_step():
     assert int(tree.depths.max()) == 2
 
 
-def test_budget_larger_than_candidates_is_capped():
+def test_budget_larger_than_candidates_is_refused_and_the_largest_takes_them_all():
+    with pytest.raises(ValueError, match=r"total_token must be an integer in \[2, 11\] for top_k=2, depth=2"):
+        TreeShape(101, 2, 2)
     base = tiny_base()
-    tree = draft(bigram_head(base), base, 100, 2, 2)
+    tree = draft(bigram_head(base), base, 10, 2, 2)
     check_structure(tree, 2 + 2 * 4 + 1)
 
 

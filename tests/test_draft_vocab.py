@@ -26,14 +26,14 @@ def test_sub_vocabulary_drafts_only_its_tokens_and_output_is_unchanged():
     subset = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0))[: VOCAB // 2]
     model.ea_layer.set_draft_vocab(subset, model.lm_head)
     drafted = []
-    original = model.ea_layer.topK_genrate
+    original = model.drafter.draft
 
     def record(*args, **kwargs):
         tree = original(*args, **kwargs)
         drafted.append(tree.tokens[1:])
         return tree
 
-    model.ea_layer.topK_genrate = record
+    model.drafter.draft = record
     identical, tau = greedy_runs(model)
     assert full_identical == identical == 4
     allowed = set(subset.tolist())

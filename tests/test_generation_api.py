@@ -120,7 +120,7 @@ def test_bad_tree_settings(model, total_token, depth, top_k):
 
 def test_total_token_minus_one_times_the_device():
     model = tiny_ea_model("llama", "sdpa", total_token=-1, depth=3, top_k=4, eos=None)
-    size = model.ea_layer.total_tokens + 1
+    size = model.drafter.tree_size
     assert 8 <= size <= 4 + 3 * 16 + 1
     ids = prompt(9)
     reference = model.base_model.generate(ids, max_new_tokens=20, do_sample=False)

@@ -16,7 +16,7 @@ from jakiro.testing import FAMILIES, bigram_head, eos_stop_hits, prompt, tiny_ba
 from jakiro_star.model import choices
 from jakiro_star.model.cnets import GptNeoxMLP, MixtralSparseMoeBlock, MixtralSparseMoeBlock_train, Model
 from jakiro_star.model.ea_model import EaModel
-from jakiro_star.model.static_tree import StaticTree
+from jakiro_star.model.static_tree import StaticTree, StaticTreeDrafter
 
 JAKIRO_CONFIGS = Path(jakiro.train.__file__).parent
 NEW_TOKENS = 40
@@ -165,7 +165,7 @@ def test_malformed_tree_choices_are_rejected_by_name(bad, message):
 def test_tree_choices_by_name_and_unknown_names():
     model = star_model(tree_choices="small_15")
     assert model.tree_choices == sorted(choices.small_15, key=lambda p: (len(p), p))
-    assert model.ea_layer.total_tokens == 14 and model.ea_layer.draft_tree_positions == 8
+    assert model.drafter.tree_size == 15 and model.drafter.cache_positions == 8
     with pytest.raises(ValueError, match="unknown tree_choices 'mc_sim_7b_64'; named trees"):
         model.set_tree("mc_sim_7b_64")
     with pytest.raises(NotImplementedError, match="static tree"):
@@ -187,13 +187,13 @@ def test_static_drafting_matches_a_sequential_rollout_of_the_head():
     base = tiny_base()
     head = star_head(base)
     tree = StaticTree.from_choices(choices.mc_sim_7b_63, 256)
-    head.set_static_tree(tree)
+    drafter = StaticTreeDrafter(head, base.lm_head, tree)
     ids = prompt(0)
     with torch.no_grad():
         features = base(ids, output_hidden_states=True).hidden_states[-1]
     sequence = torch.cat((ids, torch.tensor([[7]])), 1)
     head.reset_kv(64)
-    drafted = head.topK_genrate(features, sequence, base.lm_head)
+    drafted = drafter.draft(features, sequence)
     assert head.kv_length == ids.shape[1]
     tokens = drafted.tokens.tolist()
     assert tokens[0] == 7 and drafted.parents == tree.parents
@@ -236,7 +236,7 @@ GREEDY_CASES += [("llama", "eager", "mc_sim_7b_63"), ("llama", "eager", "custom"
 def test_greedy_equals_generate(family, attn, tree):
     model = star_model(family, attn, CUSTOM_TREE if tree == "custom" else tree)
     identical, tokens, steps, most = compare(model)
-    depth = model.ea_layer.depth
+    depth = model.drafter.tree.depth
     assert identical == PROMPTS
     assert tokens / steps > 1.4  # drafts are accepted (else nothing speculative was tested) ...
     assert most <= depth + 1 and tokens / steps < depth + 1  # ... but not always

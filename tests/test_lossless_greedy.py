@@ -44,7 +44,7 @@ def test_greedy_equals_generate(family, attn, tree):
 @pytest.mark.parametrize("moe, hybrid", [(False, False), (True, False)])
 def test_greedy_equals_generate_for_eagle2_head_and_without_hybrid_step(moe, hybrid):
     model = tiny_ea_model("llama", "sdpa", moe=moe, total_token=16, depth=4, top_k=3)
-    model.ea_layer.hybrid_last_level = hybrid
+    model.set_tree(total_token=16, depth=4, top_k=3, hybrid_last_level=hybrid)
     identical, tokens, steps, _ = compare(model, range(PROMPTS))
     assert identical == PROMPTS and tokens / steps > 1.4
 

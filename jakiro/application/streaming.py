@@ -129,7 +129,7 @@ class ModelRunner:
 
     @property
     def total_token(self) -> int:
-        return self.model.ea_layer.total_tokens + 1
+        return self.model.drafter.tree_size
 
     def stream(self, input_ids: list[int], speculative: bool, total_token: int | None = None, **settings: Any) -> Iterator[Generation]:
         """Yield the growing ``Generation`` after each forward, then once more when it is finished.

@@ -123,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary; default: the head's")
     parser.add_argument("--draft-dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="dtype of the draft heads only (default: the base model's)")
-    parser.add_argument("--tree-choices", default="small_15", help="Jakiro* static tree (a name in jakiro_star.model.choices)")
+    parser.add_argument("--tree-choices", default="small_15", help="Jakiro* static tree (a named *_choices list of the Jakiro* variant)")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("results", "bench"))
     return parser.parse_args(argv)
@@ -162,17 +162,17 @@ def load_methods(args: argparse.Namespace, device: torch.device):
                 model = speculative.get("jakiro") or EaModel.from_base(base, heads["jakiro"] or shipped_head_path("jakiro"), tokenizer)
             else:
                 head_path = heads[name] or shipped_head_path(shipped[name])
-                if name == "jakiro-star":
-                    from jakiro_star.model.ea_model import EaModel as StarEaModel
-
-                    model = StarEaModel.from_base(base, head_path, tokenizer, tree_choices=args.tree_choices,
-                                                  draft_vocab_size=args.draft_vocab_size, draft_dtype=draft_dtype)
+                if name == "jakiro-star":  # the Jakiro* variant, found through jakiro.variants
+                    model = EaModel.from_base(base, head_path, tokenizer, tree_choices=args.tree_choices,
+                                              draft_vocab_size=args.draft_vocab_size, draft_dtype=draft_dtype,
+                                              variant="jakiro_star")
                 else:
                     model = EaModel.from_base(base, head_path, tokenizer, total_token=args.total_token, depth=args.depth,
                                               top_k=args.top_k, draft_vocab_size=args.draft_vocab_size,
                                               draft_dtype=draft_dtype)
                 if name == "jakiro-nohybrid":
-                    model.ea_layer.hybrid_last_level = False
+                    model.set_tree(total_token=args.total_token, depth=args.depth, top_k=args.top_k,
+                                   hybrid_last_level=False)
                 speculative[name] = model
             methods[name] = ea_runner(model, name == "naive")
     return base, tokenizer, methods, speculative

@@ -14,13 +14,6 @@ DRAFT_VOCAB_FILE = "draft_vocab.safetensors"
 # Everything a head folder may hold that loading reads: downloaded from the hub together.
 HEAD_FILES = (CONFIG_NAME, *WEIGHT_FILES, DRAFT_VOCAB_FILE)
 EMBEDDING_KEY = "embed_tokens.weight"
-# A key only one draft-head layout has -> (layout name, how to load that layout).
-LAYOUT_MARKERS = {
-    "layers.0.mlp_moe.experts.0.gate_proj.weight": ("Jakiro", "load it with jakiro.model.ea_model.EaModel"),
-    "layers.0.mlp_moe.experts.0.fc.weight": ("Jakiro*", "load it with jakiro_star.model.ea_model.EaModel"),
-    "layers.0.mlp.gate_proj.weight": ("dense EAGLE", "its config.json must not set num_local_experts"),
-}
-
 
 def resolve_draft_folder(path: str | os.PathLike) -> str:
     """A local folder holding ``config.json`` and weights; a hub repo id is downloaded first."""
@@ -81,16 +74,13 @@ def check_state_dict(head: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if tuple(state[EMBEDDING_KEY].shape) != want:
             problems.append(f"key {EMBEDDING_KEY}: checkpoint shape {list(state[EMBEDDING_KEY].shape)}, model expects {list(want)}")
     if problems:
-        found, wanted = checkpoint_layout(state), checkpoint_layout(expected)
+        from ..variants import layout_of
+
+        found, wanted = layout_of(state), layout_of(expected)
         if found and found != wanted:
-            problems.append(f"the checkpoint has the {found[0]} layout, this model the {wanted[0] if wanted else 'other'} "
-                            f"layout: {found[1]}")
+            problems.append(f"the checkpoint has the {found.layout_name} layout, this model the "
+                            f"{wanted.layout_name if wanted else 'other'} layout: {found.load_hint}")
         raise ValueError("draft checkpoint does not match its config:\n  " + "\n  ".join(problems))
-
-
-def checkpoint_layout(keys) -> tuple[str, str] | None:
-    """(layout name, how to load it) of a state dict's keys, or None when no marker key is present."""
-    return next((layout for key, layout in LAYOUT_MARKERS.items() if key in keys), None)
 
 
 def check_fits_base(config: EConfig, base_model: nn.Module) -> None:

@@ -10,6 +10,8 @@ The head owns no embedding weights and no LM head: both are the base model's, pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,12 +140,9 @@ class MixtralSparseMoeBlock(nn.Module):
 
     def __init__(self, config: EConfig) -> None:
         super().__init__()
-        self.num_experts = config.num_local_experts
-        self.top_k = config.num_experts_per_tok
-        self.gate = nn.Linear(config.hidden_size, self.num_experts + 2, bias=False)
-        self.experts = nn.ModuleList(
-            LlamaMLP(config.hidden_size, config.hidden_size, config.hidden_act) for _ in range(self.num_experts)
-        )
+        experts = config.num_local_experts
+        self.gate = nn.Linear(config.hidden_size, experts + 2, bias=False)
+        self.experts = nn.ModuleList(LlamaMLP(config.hidden_size, config.hidden_size, config.hidden_act) for _ in range(experts))
 
     def forward(self, h: torch.Tensor, both_branches: bool | None = None) -> torch.Tensor:
         if both_branches is None:
@@ -182,9 +181,12 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x, cos_sin, mask, cache, both_branches: bool) -> torch.Tensor:
+    def forward(self, x, cos_sin, mask, cache, both_branches: bool, last_only: bool = False) -> torch.Tensor:
+        """``last_only``: attention over all positions, the MLP on the last position only."""
         attn_in = self.input_layernorm(x) if self.index != 0 else x
         x = x + self.self_attn(attn_in, cos_sin, mask, cache)
+        if last_only:
+            x = x[:, -1:]
         h = self.post_attention_layernorm(x)
         if hasattr(self, "mlp_moe"):
             return x + self.mlp_moe(h, both_branches=both_branches)
@@ -207,7 +209,6 @@ class Model(nn.Module):
     def __init__(self, config: EConfig, embed_tokens: nn.Embedding | None = None) -> None:
         super().__init__()
         self.config = config
-        self.gradient_checkpointing = False
         if embed_tokens is None:
             embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
             embed_tokens.weight.requires_grad_(False)
@@ -216,10 +217,8 @@ class Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i, self.moe_block) for i in range(config.num_hidden_layers))
         self.rotary = RotaryEmbedding(config)
         self.kv_cache: list[KVCacheLayer] | None = None
-        # Drafting settings, set by EaModel.from_pretrained.
-        self.total_tokens, self.depth, self.top_k, self.threshold = 59, 5, 10, 1.0
-        self.hybrid_last_level = self.two_branches
         self.set_draft_vocab(None)
+        self.attach_drafter(None)
 
     def set_embedding(self, embed_tokens: nn.Embedding) -> None:
         """Use ``embed_tokens`` (normally the base model's, frozen) without registering it as a submodule,
@@ -240,10 +239,9 @@ class Model(nn.Module):
         """Whether the MLP block has a second (contrastive) branch: in training and on the penultimate step."""
         return self.is_moe
 
-    @property
-    def draft_tree_positions(self) -> int:
-        """Most tree positions one ``topK_genrate`` call adds to the draft cache (they are discarded after it)."""
-        return self.top_k * (self.depth + 1)
+    def attach_drafter(self, drafter: Any) -> None:
+        """The drafter ``topK_genrate`` drafts with (``EaModel`` attaches its own; not a submodule)."""
+        object.__setattr__(self, "drafter", drafter)
 
     def reset_kv(self, capacity: int) -> None:
         """Start a new sequence; the draft cache holds up to ``capacity`` positions."""
@@ -290,12 +288,7 @@ class Model(nn.Module):
         for i, layer in enumerate(self.layers):
             cache = self.kv_cache[i] if use_cache else None
             last_layer = i == len(self.layers) - 1
-            if last_only and last_layer:
-                x = _last_position_layer(layer, x, cos_sin, attention_mask, cache, both)
-            elif self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos_sin, attention_mask, cache, both, use_reentrant=False)
-            else:
-                x = layer(x, cos_sin, attention_mask, cache, both)
+            x = layer(x, cos_sin, attention_mask, cache, both, last_only=last_only and last_layer)
         return x
 
     def set_draft_vocab(self, token_ids: torch.Tensor | None, lm_head: nn.Module | None = None) -> None:
@@ -337,22 +330,13 @@ class Model(nn.Module):
         return scores, index if self.draft_vocab is None else self.draft_vocab[index]
 
     @torch.no_grad()
-    def topK_genrate(self, hidden_states, input_ids, head, logits_processor=None):  # noqa: N802 (reference name)
-        """Draft a token tree after ``input_ids`` (whose last token is the tree root); see ``draft_tree``."""
-        from .draft_tree import grow_tree
-
-        return grow_tree(self, hidden_states, input_ids, head)
-
-
-def _last_position_layer(layer: DecoderLayer, x, cos_sin, mask, cache, both) -> torch.Tensor:
-    """Run ``layer`` with attention over all positions but the MLP on the last position only."""
-    attn_in = layer.input_layernorm(x) if layer.index != 0 else x
-    x = x + layer.self_attn(attn_in, cos_sin, mask, cache)
-    x = x[:, -1:]
-    h = layer.post_attention_layernorm(x)
-    if hasattr(layer, "mlp_moe"):
-        return x + layer.mlp_moe(h, both_branches=both)
-    return x + layer.mlp(h)
+    def topK_genrate(self, hidden_states, input_ids, head=None, logits_processor=None):  # noqa: N802 (reference name)
+        """Draft a token tree after ``input_ids`` (whose last token is the root) with the attached drafter
+        (the reference's entry point; ``head`` and ``logits_processor`` are accepted and unused: the
+        drafter holds the LM head, and drafts are deterministic)."""
+        if self.drafter is None:
+            raise RuntimeError("this draft head has no drafter: wrap it in an EaModel, or call a Drafter's draft()")
+        return self.drafter.draft(hidden_states, input_ids)
 
 
 def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

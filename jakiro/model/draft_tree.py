@@ -10,11 +10,16 @@ forward. Finally the ``total_tokens`` best candidates over all levels form the t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .cnets import Model, additive_mask
+from .attention import additive_mask
+
+if TYPE_CHECKING:
+    from .cnets import Model
+    from .drafter import TreeShape
 
 
 @dataclass
@@ -57,20 +62,25 @@ def _level_mask(prefix: int, tree_allowed: torch.Tensor, dtype: torch.dtype) -> 
 
 
 @torch.no_grad()
-def grow_tree(head: Model, hidden_states: torch.Tensor, input_ids: torch.Tensor, lm_head: nn.Module) -> DraftTree:
-    """Draft a tree rooted at ``input_ids[0, -1]``.
+def grow_tree(
+    head: Model, shape: TreeShape, hidden_states: torch.Tensor, input_ids: torch.Tensor, lm_head: nn.Module,
+    hybrid: bool = True,
+) -> DraftTree:
+    """Draft a tree of ``shape`` rooted at ``input_ids[0, -1]``.
 
     ``hidden_states`` [1, S, H] are the base model's final-norm features of the positions the draft
     head has not seen yet; ``input_ids`` [1, T] is the whole sequence including the root, so the
     features pair with ``input_ids[:, -S:]`` (feature at p, token at p+1). The head's KV cache is
-    extended by these S positions; tree positions are discarded again before returning.
+    extended by these S positions; tree positions are discarded again before returning. ``hybrid``:
+    on a two-branch head with depth >= 2, the penultimate forward's contrastive branch gives the last
+    level (one forward saved).
     """
-    k, depth, budget = head.top_k, head.depth, head.total_tokens
+    k, depth, budget = shape.branching, shape.depth, shape.total_tokens - 1
     root = input_ids[0, -1:].to(head.fc.weight.device)
     next_tokens = input_ids[:, -hidden_states.shape[1] :].to(head.fc.weight.device)
     features = hidden_states.to(device=head.fc.weight.device, dtype=head.fc.weight.dtype)
     device, dtype = features.device, features.dtype
-    hybrid = head.hybrid_last_level and head.is_moe and depth >= 2
+    hybrid = hybrid and head.two_branches and depth >= 2
 
     out = head(features, next_tokens, use_cache=True, last_only=True)[0, -1]
     committed = head.kv_length

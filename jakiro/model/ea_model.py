@@ -1,6 +1,6 @@
-"""``EaModel``: an unmodified transformers causal LM plus a Jakiro draft head.
+"""``EaModel``: an unmodified transformers causal LM plus a draft head and its drafter.
 
-One speculative step: the draft head grows a token tree after the current root token; the base
+One speculative step: the drafter grows a token tree after the current root token; the base
 model scores the whole tree in one forward pass (4D tree attention mask, explicit positions);
 the verifier accepts a root-to-leaf path and picks the next token; the cache keeps only the
 accepted path. In float32, greedy output equals plain greedy decoding token for token; in half
@@ -14,6 +14,7 @@ import inspect
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from .attention import attention_pattern, tree_attention_mask
 from .cnets import Model
 from .configs import EConfig
 from .draft_tree import DraftTree
+from .drafter import Drafter
 from .kv_cache import KVCache, cache_argument
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
@@ -35,28 +37,48 @@ DEFAULT_DRAFT_VOCAB_SIZE = 8192
 MIN_RANKED_TOKENS = 1024
 
 
-class EaModel(nn.Module):
-    """Speculative decoding wrapper: ``base_model`` (transformers), ``ea_layer`` (draft head), ``tokenizer``.
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What one generation call asked for, validated once (``EaModel._prepare``).
 
-    Variants subclass it and set ``head_class`` (the draft head that loading builds) and their own
-    ``set_tree``; loading, verification, caches and the decoding loops are shared.
+    ``processor`` is None for greedy decoding; ``limit`` is the sequence length at which generation
+    stops (prompt + ``max_new_tokens``, at most ``max_length``); ``stop_ids`` end it early.
     """
 
-    head_class: type[Model] = Model
+    temperature: float
+    top_p: float
+    sampling_top_k: int
+    limit: int
+    stop_ids: frozenset[int]
+    processor: Any
+
+
+class EaModel(nn.Module):
+    """Speculative decoding wrapper: ``base_model`` (transformers), ``ea_layer`` (draft head), ``tokenizer``
+    and ``drafter`` (how ``ea_layer`` grows trees; see ``drafter.py``).
+
+    The draft-head variant (``jakiro.variants``) decides the head class and the drafter: ``jakiro``
+    and EAGLE-2 heads draft a dynamic tree (``total_token``, ``depth``, ``top_k``), Jakiro* heads a
+    static one (``tree_choices``). Loading, verification, caches and the decoding loops are shared.
+    """
+
+    default_variant = "jakiro"  # the variant from_pretrained/from_base load (jakiro_star's alias: "jakiro_star")
 
     def __init__(
         self,
         base_model: nn.Module,
         ea_layer: Model,
         tokenizer: Any = None,
-        total_token: int = 60,
-        depth: int = 5,
-        top_k: int = 10,
+        total_token: int | None = None,
+        depth: int | None = None,
+        top_k: int | None = None,
         threshold: float = 1.0,
+        tree_choices: Any = None,
     ) -> None:
+        """``threshold`` is accepted for the reference's signature and unused (as in the reference)."""
         super().__init__()
         self._attach(base_model, ea_layer, tokenizer)
-        self.set_tree(total_token=total_token, depth=depth, top_k=top_k, threshold=threshold)
+        self.set_tree(total_token=total_token, depth=depth, top_k=top_k, tree_choices=tree_choices)
 
     def _attach(self, base_model: nn.Module, ea_layer: Model, tokenizer: Any) -> None:
         """Check that ``base_model`` can verify trees and that ``ea_layer`` fits it, then keep both."""
@@ -68,9 +90,8 @@ class EaModel(nn.Module):
         self.cache: KVCache | None = None
         self.draft_vocab_ranking: torch.Tensor | None = None
         self.draft_vocab_size = 0
-        forward_args = inspect.signature(base_model.forward).parameters
         self._cache_kwarg = cache_argument(base_model)
-        self._has_logits_to_keep = "logits_to_keep" in forward_args
+        self._has_logits_to_keep = "logits_to_keep" in inspect.signature(base_model.forward).parameters
         self.eval()
 
     # ------------------------------------------------------------------ construction
@@ -80,22 +101,27 @@ class EaModel(nn.Module):
         cls,
         base_model_path: str | None = None,
         ea_model_path: str | None = None,
-        total_token: int = 60,
-        depth: int = 5,
-        top_k: int = 10,
+        total_token: int | None = None,
+        depth: int | None = None,
+        top_k: int | None = None,
         threshold: float = 1.0,
-        shipped_head: str = "jakiro",
+        shipped_head: str | None = None,
         draft_vocab_size: int | None = None,
         draft_dtype: torch.dtype | None = None,
+        tree_choices: Any = None,
+        variant: str | None = None,
         **hf_kwargs: Any,
     ) -> "EaModel":
         """Load a transformers base model and a draft head folder (``config.json`` + weights).
 
         ``ea_model_path`` may be a local folder or a hub repo id. With neither path, the embedded
-        SmolLM2-135M-Instruct and its shipped head are used; ``shipped_head="eagle2"`` picks the
-        shipped dense EAGLE-2 head instead of the Jakiro head. ``hf_kwargs`` go to
+        SmolLM2-135M-Instruct and its shipped head are used: ``shipped_head`` is ``"jakiro"`` (the
+        default), ``"eagle2"`` or ``"jakiro_star"``. ``hf_kwargs`` go to
         ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``/``dtype``, ``device_map``, ...).
-        ``total_token=-1`` picks the tree size by timing verification on this device.
+        The tree: ``total_token`` (nodes including the root; -1 picks it by timing verification on
+        this device), ``depth`` and ``top_k`` for a dynamic tree (defaults 60, 5, 10), or
+        ``tree_choices`` for a Jakiro* static tree. ``variant`` names the head's kind
+        (``jakiro.variants``; default ``cls.default_variant``, or the shipped head's).
         ``draft_vocab_size``: draft over that many of the most frequent tokens of the head's training
         data (``draft_vocab.safetensors`` in the head folder); 0 drafts over the whole vocabulary;
         None uses ``min(DEFAULT_DRAFT_VOCAB_SIZE, ranked tokens)`` when the folder ranks at least
@@ -109,10 +135,13 @@ class EaModel(nn.Module):
         if ea_model_path is None:
             if base_model_path is not None:
                 raise ValueError("ea_model_path is required with a base_model_path: pass a draft-head folder or hub repo id")
+            shipped_head = shipped_head or ("jakiro_star" if cls.default_variant == "jakiro_star" else "jakiro")
             ea_model_path = shipped_head_path(shipped_head)
+            if variant is None and shipped_head == "jakiro_star":
+                variant = "jakiro_star"
         base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
         return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size,
-                             draft_dtype)
+                             draft_dtype, tree_choices=tree_choices, variant=variant)
 
     @staticmethod
     def _load_base(base_model_path: str | None, ea_model_path: str, hf_kwargs: dict[str, Any]) -> tuple[nn.Module, str, Any]:
@@ -142,29 +171,35 @@ class EaModel(nn.Module):
         base_model: nn.Module,
         ea_model_path: str,
         tokenizer: Any = None,
-        total_token: int = 60,
-        depth: int = 5,
-        top_k: int = 10,
+        total_token: int | None = None,
+        depth: int | None = None,
+        top_k: int | None = None,
         threshold: float = 1.0,
         draft_vocab_size: int | None = None,
         draft_dtype: torch.dtype | None = None,
+        tree_choices: Any = None,
+        variant: str | None = None,
     ) -> "EaModel":
         """Wrap an already loaded base model with the draft head at ``ea_model_path`` (folder or hub id).
 
         Several heads can share one base model this way (the benchmark does).
         """
+        from .. import variants
+
         folder = resolve_draft_folder(ea_model_path)
-        model = cls(base_model, cls._load_head(folder, base_model), tokenizer, total_token, depth, top_k, threshold)
+        head_class = variants.get(variant or cls.default_variant).head_class
+        head = cls._load_head(folder, base_model, head_class)
+        model = cls(base_model, head, tokenizer, total_token, depth, top_k, threshold, tree_choices)
         model._configure_drafting(folder, draft_vocab_size, draft_dtype)
         return model
 
-    @classmethod
-    def _load_head(cls, folder: str, base_model: nn.Module) -> Model:
-        """The ``cls.head_class`` draft head saved in ``folder``, strictly loaded for ``base_model``."""
+    @staticmethod
+    def _load_head(folder: str, base_model: nn.Module, head_class: type[Model]) -> Model:
+        """The ``head_class`` draft head saved in ``folder``, strictly loaded for ``base_model``."""
         config = EConfig.from_pretrained(folder)
         state = read_state_dict(folder)
         check_fits_base(config, base_model)
-        return build_head(config, base_model, state, cls.head_class)
+        return build_head(config, base_model, state, head_class)
 
     def _configure_drafting(self, folder: str, draft_vocab_size: int | None, draft_dtype: torch.dtype | None) -> None:
         """Read the token ranking saved with the head; set the draft vocabulary size and dtype (see ``from_pretrained``)."""
@@ -189,49 +224,75 @@ class EaModel(nn.Module):
         if size == 0:
             self.ea_layer.set_draft_vocab(None)
             self.draft_vocab_size = 0
-            return
-        ranking = self.draft_vocab_ranking
-        if ranking is None:
-            raise ValueError("draft_vocab_size needs a token ranking (draft_vocab.safetensors in the head folder)")
-        if not isinstance(size, int) or not self.ea_layer.top_k <= size <= ranking.numel():
-            raise ValueError(f"draft_vocab_size must be 0 or an integer in [top_k={self.ea_layer.top_k}, "
-                             f"{ranking.numel()}] (tokens ranked for this head), got {size!r}")
-        self.ea_layer.set_draft_vocab(ranking[:size], self.lm_head)
-        self.draft_vocab_size = size
-
-    def set_tree(self, total_token: int = 60, depth: int = 5, top_k: int = 10, threshold: float = 1.0) -> None:
-        """Set the tree shape: ``total_token`` nodes including the root (-1: time it), ``depth``, ``top_k``."""
-        vocab = self.ea_layer.config.vocab_size
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
-        if not isinstance(top_k, int) or not 1 <= top_k <= vocab:
-            raise ValueError(f"top_k must be an integer in [1, {vocab}], got {top_k!r}")
-        largest = max_tree_size(depth, top_k)
-        if total_token != -1 and (not isinstance(total_token, int) or not 2 <= total_token <= largest):
-            raise ValueError(
-                f"total_token must be -1 or an integer in [2, {largest}] for top_k={top_k}, depth={depth}; "
-                f"got {total_token!r}"
-            )
-        head = self.ea_layer
-        head.depth, head.top_k, head.threshold = depth, top_k, threshold
-        if total_token == -1:
-            head.total_tokens = min(self.choose_tree_size(), largest) - 1
         else:
-            head.total_tokens = total_token - 1
+            ranking = self.draft_vocab_ranking
+            if ranking is None:
+                raise ValueError("draft_vocab_size needs a token ranking (draft_vocab.safetensors in the head folder)")
+            width = self.drafter.draft_width
+            if isinstance(size, bool) or not isinstance(size, int) or not width <= size <= ranking.numel():
+                raise ValueError(f"draft_vocab_size must be 0 or an integer in [top_k={width}, "
+                                 f"{ranking.numel()}] (tokens ranked for this head), got {size!r}")
+            self.ea_layer.set_draft_vocab(ranking[:size], self.lm_head)
+            self.draft_vocab_size = size
+        self._use_drafter(self._make_drafter(self.tree_settings))  # a static tree checks its ranks against it
+
+    # ------------------------------------------------------------------ the tree
+
+    def set_tree(
+        self,
+        total_token: int | None = None,
+        depth: int | None = None,
+        top_k: int | None = None,
+        threshold: float = 1.0,
+        tree_choices: Any = None,
+        hybrid_last_level: bool = True,
+    ) -> None:
+        """Set the tree: ``total_token`` nodes including the root (-1: time it), ``depth`` and ``top_k``
+        (tree branching) for a dynamic tree, or ``tree_choices`` for a static one (see ``from_pretrained``).
+        ``hybrid_last_level=False`` drafts a Jakiro head's last level with a full forward (ablation)."""
+        from ..variants import TreeSettings
+
+        if isinstance(total_token, (str, list, tuple)):  # Jakiro*'s reference form: set_tree(tree_choices)
+            total_token, tree_choices = None, total_token
+        timed = total_token == -1
+        settings = TreeSettings(None if timed else total_token, depth, top_k, tree_choices, hybrid_last_level)
+        self._use_drafter(self._make_drafter(settings))
+        self.tree_settings = settings
+        if timed:
+            largest = self.drafter.size_limits()[1]
+            self.set_tree_size(min(self.choose_tree_size(), largest))
+
+    def _make_drafter(self, settings) -> Drafter:
+        from .. import variants
+
+        return variants.for_head(self.ea_layer).make_drafter(self.ea_layer, self.lm_head, settings)
+
+    def _use_drafter(self, drafter: Drafter) -> None:
+        self.drafter = drafter
+        self.ea_layer.attach_drafter(drafter)
 
     def tree_size_limits(self) -> tuple[int, int]:
-        """Smallest and largest ``total_token`` the current tree shape allows (see ``set_tree_size``)."""
-        return 2, max_tree_size(self.ea_layer.depth, self.ea_layer.top_k)
+        """Smallest and largest ``total_token`` the current tree allows (see ``set_tree_size``)."""
+        return self.drafter.size_limits()
 
     def set_tree_size(self, total_token: int) -> None:
         """Change the number of tree nodes (root included), keeping the tree's depth and branching."""
-        head = self.ea_layer
-        self.set_tree(total_token=total_token, depth=head.depth, top_k=head.top_k, threshold=head.threshold)
+        from dataclasses import replace
+
+        self._use_drafter(self.drafter.with_size(total_token))
+        if self.tree_settings.tree_choices is None:
+            self.tree_settings = replace(self.tree_settings, total_token=total_token)
 
     def describe_tree(self) -> str:
         """The tree shape in words (for logs and the web UI)."""
-        head = self.ea_layer
-        return f"{head.total_tokens + 1} nodes, depth {head.depth}, top-k {head.top_k}"
+        return self.drafter.describe()
+
+    @property
+    def tree_choices(self) -> list[list[int]]:
+        """A static tree as a ``*_choices`` list (nodes in tree order, root omitted)."""
+        if not hasattr(self.drafter, "tree_choices"):
+            raise AttributeError("this model drafts a dynamic tree; it has no tree_choices")
+        return self.drafter.tree_choices
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -250,8 +311,10 @@ class EaModel(nn.Module):
         is_llama3: bool = False,
     ):
         """Speculative generation. Returns ``input_ids`` (prompt + new tokens) or, with ``log``,
-        ``(input_ids, new_token, idx)`` where ``idx + 1`` is the number of verification steps."""
-        for ids, new_token, idx in self._speculative(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        ``(input_ids, new_token, idx)`` where ``idx + 1`` is the number of verification steps.
+        ``top_k`` here is the sampling top-k (0: off); ``is_llama3`` also stops at ``<|eot_id|>``."""
+        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        for ids, new_token, idx in self._speculative(input_ids, settings):
             pass
         return (ids, new_token, idx) if log else ids
 
@@ -267,7 +330,8 @@ class EaModel(nn.Module):
         is_llama3: bool = False,
     ) -> Iterator:
         """Like ``eagenerate``, yielding the growing sequence after the first token and every step."""
-        for ids, new_token, idx in self._speculative(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        for ids, new_token, idx in self._speculative(input_ids, settings):
             yield (ids, new_token, idx) if log else ids
 
     def naivegenerate(
@@ -284,7 +348,8 @@ class EaModel(nn.Module):
         """Plain token-by-token decoding with the same cache and stop rules (the baseline).
 
         With ``log`` it returns ``(input_ids, new_token, idx)`` with ``idx = new_token - 1``."""
-        for ids, new_token, idx in self._naive(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        for ids, new_token, idx in self._naive(input_ids, settings):
             pass
         return (ids, new_token, idx) if log else ids
 
@@ -300,25 +365,27 @@ class EaModel(nn.Module):
         is_llama3: bool = False,
     ) -> Iterator:
         """Generator form of ``naivegenerate``."""
-        for ids, new_token, idx in self._naive(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
+        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        for ids, new_token, idx in self._naive(input_ids, settings):
             yield (ids, new_token, idx) if log else ids
 
     # ------------------------------------------------------------------ the decoding loops
 
     @torch.no_grad()
-    def _speculative(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
-        ids, processor, limit, stops = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        head = self.ea_layer.eval()  # drafting uses the inference form of the MoE block
-        prompt_len, tree_size = ids.shape[1], head.total_tokens + 1
-        cache = self._fresh_cache(limit + tree_size)
-        head.reset_kv(limit + head.draft_tree_positions)
+    def _speculative(self, input_ids, settings: SamplingSettings):
+        ids = self._device_ids(input_ids)
+        drafter, processor, limit = self.drafter, settings.processor, settings.limit
+        self.ea_layer.eval()  # drafting uses the inference form of the MoE block
+        prompt_len = ids.shape[1]
+        cache = self._fresh_cache(limit + drafter.tree_size)
+        drafter.reset(limit + drafter.cache_positions)
 
         logits, features = self._forward(ids, cache, last_logits_only=True)
-        ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), limit, stops)
+        ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), settings)
         steps = 0
         yield ids, ids.shape[1] - prompt_len, steps - 1
         while not done:
-            tree = head.topK_genrate(features[None], ids, self.lm_head)
+            tree = drafter.draft(features[None], ids)
             committed = ids.shape[1] - 1  # the root is not in the cache yet
             logits, hidden = self._forward(
                 tree.tokens[None].to(ids.device),
@@ -334,18 +401,18 @@ class EaModel(nn.Module):
             path_index = torch.tensor(path, device=ids.device)
             cache.keep(committed, path_index)
             new = torch.cat((tree.tokens[path[1:]].to(ids.device), path_index.new_tensor([next_token])))
-            ids, done = self._append(ids, new, limit, stops)
+            ids, done = self._append(ids, new, settings)
             features = hidden[path_index.to(hidden.device)]
             yield ids, ids.shape[1] - prompt_len, steps - 1
 
     @torch.no_grad()
-    def _naive(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
-        ids, processor, limit, stops = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+    def _naive(self, input_ids, settings: SamplingSettings):
+        ids = self._device_ids(input_ids)
         prompt_len = ids.shape[1]
-        cache = self._fresh_cache(limit)
+        cache = self._fresh_cache(settings.limit)
         logits, _ = self._forward(ids, cache, last_logits_only=True)
         while True:
-            ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), limit, stops)
+            ids, done = self._append(ids, self._next_token(logits[-1], settings.processor, ids), settings)
             new_tokens = ids.shape[1] - prompt_len
             yield ids, new_tokens, new_tokens - 1  # the reference's idx: one step per token
             if done:
@@ -396,14 +463,11 @@ class EaModel(nn.Module):
         return torch.multinomial(target_probs(logits, processor, ids), 1).view(1, 1).to(ids.device)
 
     @staticmethod
-    def _append(ids, new, limit, stops) -> tuple[torch.Tensor, bool]:
-        """Append ``new`` tokens, cut after the first stop token or at ``limit``; report whether done."""
-        new = new.view(-1)[: limit - ids.shape[1]]
-        hits = [i for i, t in enumerate(new.tolist()) if t in stops]
-        if hits:
-            new = new[: hits[0] + 1]
-        ids = torch.cat((ids, new.view(1, -1).to(ids.device)), dim=1)
-        return ids, bool(hits) or ids.shape[1] >= limit
+    def _append(ids, new, settings: SamplingSettings) -> tuple[torch.Tensor, bool]:
+        """Append ``new`` tokens, cut after the first stop token or at the length limit; report whether done."""
+        kept, stopped = cut_at_stop(new.view(-1)[: settings.limit - ids.shape[1]].tolist(), settings.stop_ids)
+        ids = torch.cat((ids, torch.tensor([kept], dtype=ids.dtype, device=ids.device)), dim=1)
+        return ids, stopped or ids.shape[1] >= settings.limit
 
     def _stop_ids(self, is_llama3: bool) -> set[int]:
         """eos of the tokenizer, the generation config and the model config (+ ``<|eot_id|>`` for llama-3)."""
@@ -424,10 +488,14 @@ class EaModel(nn.Module):
             stops.add(eot)
         return stops
 
-    def _prepare(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3):
-        """Validate the arguments; return (ids [1, T] on the model's device, processor, length limit, stop ids)."""
-        vocab = self.ea_layer.config.vocab_size
-        ids = validate_input_ids(input_ids, vocab)
+    def _device_ids(self, input_ids) -> torch.Tensor:
+        """``input_ids`` as a [1, T] long tensor on the base model's device."""
+        ids = validate_input_ids(input_ids, self.ea_layer.config.vocab_size)
+        return ids.to(self.base_model.get_input_embeddings().weight.device)
+
+    def _prepare(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3) -> SamplingSettings:
+        """Validate one call's arguments and gather them (``is_llama3`` becomes a stop id)."""
+        ids = validate_input_ids(input_ids, self.ea_layer.config.vocab_size)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
@@ -439,10 +507,14 @@ class EaModel(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if ids.shape[1] >= max_length:
             raise ValueError(f"the prompt has {ids.shape[1]} tokens, which reaches max_length={max_length}")
-        processor = prepare_logits_processor(float(temperature), float(top_p), int(top_k))
-        limit = min(ids.shape[1] + max_new_tokens, max_length)
-        device = self.base_model.get_input_embeddings().weight.device
-        return ids.to(device), processor, limit, self._stop_ids(is_llama3)
+        return SamplingSettings(
+            temperature=float(temperature),
+            top_p=float(top_p),
+            sampling_top_k=int(top_k),
+            limit=min(ids.shape[1] + max_new_tokens, max_length),
+            stop_ids=frozenset(self._stop_ids(is_llama3)),
+            processor=prepare_logits_processor(float(temperature), float(top_p), int(top_k)),
+        )
 
     # ------------------------------------------------------------------ tree-size tuning
 
@@ -460,24 +532,26 @@ class EaModel(nn.Module):
         generator = torch.Generator().manual_seed(0)
         prompt = torch.randint(0, vocab, (1, context), generator=generator).to(device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        head = self.ea_layer
-        saved = head.total_tokens
+        low, high = self.drafter.size_limits()
+        if low == high:
+            raise NotImplementedError(f"this model drafts a static tree ({self.drafter.describe()}): its size is fixed; "
+                                      "pick another tree_choices instead")
         best, best_rate = TREE_SIZE_CANDIDATES[0], 0.0
         for size in TREE_SIZE_CANDIDATES:
-            if size > max_tree_size(head.depth, head.top_k):
-                break
-            head.total_tokens = size - 1
+            if not low <= size <= high:
+                continue
+            drafter = self.drafter.with_size(size)
             cache = self._fresh_cache(context + size + 1)
-            head.reset_kv(context + head.draft_tree_positions + 1)
+            drafter.reset(context + drafter.cache_positions + 1)
             _, features = self._forward(prompt, cache, last_logits_only=True)
             ids = torch.cat((prompt, prompt[:, :1]), dim=1)
             timings = []
             for repeat in range(repeats + 2):
-                head.set_kv_length(0)
+                drafter.head.set_kv_length(0)
                 cache.set_length(context)
                 sync()
                 start = time.perf_counter()
-                tree = head.topK_genrate(features[None], ids, self.lm_head)
+                tree = drafter.draft(features[None], ids)
                 self._forward(tree.tokens[None].to(device), cache, self._tree_mask(context, tree), (tree.depths + context)[None].to(device))
                 sync()
                 if repeat >= 2:
@@ -485,15 +559,16 @@ class EaModel(nn.Module):
             rate = (1 + 0.6 * math.log2(size)) / sorted(timings)[len(timings) // 2]
             if rate > best_rate:
                 best, best_rate = size, rate
-        head.total_tokens = saved
         self.cache = None
         return best
 
 
-def max_tree_size(depth: int, top_k: int) -> int:
-    """The most nodes (root included) a dynamic tree of ``depth`` levels with branching ``top_k`` can
-    select from: the root, ``top_k`` first-level candidates and ``top_k**2`` per further level."""
-    return 1 + top_k + depth * top_k * top_k
+def cut_at_stop(tokens: list[int], stop_ids) -> tuple[list[int], bool]:
+    """``tokens`` up to and including the first stop token, and whether there was one."""
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[: i + 1], True
+    return tokens, False
 
 
 def validate_input_ids(input_ids, vocab_size: int) -> torch.Tensor:
@@ -553,4 +628,4 @@ def build_head(
     return head.to(device=lm_weight.device).eval()
 
 
-__all__ = ["EaModel", "build_head", "max_tree_size", "validate_input_ids"]
+__all__ = ["EaModel", "SamplingSettings", "build_head", "cut_at_stop", "validate_input_ids"]

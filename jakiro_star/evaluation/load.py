@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_TREE = "mc_sim_7b_63"
+from ..variant import DEFAULT_TREE
 
 
 def load_model(args: argparse.Namespace):

@@ -29,10 +29,6 @@ from torch import nn
 
 from jakiro.model.cnets import Model as JakiroModel
 from jakiro.model.configs import EConfig
-from jakiro.model.draft_tree import DraftTree
-
-from .choices import mc_sim_7b_63
-from .static_tree import StaticTree, grow_static_tree
 
 Weighting = Literal["sum", "top"]
 WEIGHTINGS = ("sum", "top")
@@ -60,12 +56,9 @@ class MixtralSparseMoeBlock(nn.Module):
 
     def __init__(self, config: EConfig) -> None:
         super().__init__()
-        self.num_experts = config.num_local_experts
-        self.top_k = config.num_experts_per_tok
-        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            GptNeoxMLP(config.hidden_size, config.intermediate_size) for _ in range(self.num_experts)
-        )
+        experts = config.num_local_experts
+        self.gate = nn.Linear(config.hidden_size, experts, bias=False)
+        self.experts = nn.ModuleList(GptNeoxMLP(config.hidden_size, config.intermediate_size) for _ in range(experts))
         self.weighting: Weighting = "sum"
 
     def forward(self, h: torch.Tensor, both_branches: bool = False) -> torch.Tensor:
@@ -100,10 +93,6 @@ class Model(JakiroModel):
 
     moe_block = MixtralSparseMoeBlock
 
-    def __init__(self, config: EConfig, embed_tokens: nn.Embedding | None = None) -> None:
-        super().__init__(config, embed_tokens)
-        self.set_static_tree(StaticTree.from_choices(mc_sim_7b_63, config.vocab_size))
-
     @property
     def two_branches(self) -> bool:
         return False
@@ -111,15 +100,6 @@ class Model(JakiroModel):
     @property
     def display_name(self) -> str:
         return "Jakiro* (two GELU experts)" if self.config.is_moe else "EAGLE-1 (dense)"
-
-    @property
-    def draft_tree_positions(self) -> int:
-        return self.tree.fed_count
-
-    def set_static_tree(self, tree: StaticTree) -> None:
-        """Draft ``tree`` from now on; ``total_tokens``/``depth``/``top_k`` describe it."""
-        self.tree = tree
-        self.total_tokens, self.depth, self.top_k = len(tree) - 1, tree.depth, tree.top_k
 
     @property
     def expert_weighting(self) -> Weighting:
@@ -136,13 +116,6 @@ class Model(JakiroModel):
 
     def _moe_blocks(self) -> list[MixtralSparseMoeBlock]:
         return [layer.mlp_moe for layer in self.layers if hasattr(layer, "mlp_moe")]
-
-    @torch.no_grad()
-    def topK_genrate(self, hidden_states, input_ids, head, logits_processor=None) -> DraftTree:  # noqa: N802 (reference name)
-        """Draft the static tree after ``input_ids`` (whose last token is the root); see ``static_tree``."""
-        if self.tree.device != self.fc.weight.device:
-            self.tree = self.tree.to(self.fc.weight.device)
-        return grow_static_tree(self, self.tree, hidden_states, input_ids, head)
 
 
 __all__ = ["GptNeoxMLP", "MixtralSparseMoeBlock", "MixtralSparseMoeBlock_train", "Model", "WEIGHTINGS"]

@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-from jakiro.model.cnets import Model, additive_mask
+from jakiro.model.attention import additive_mask
+from jakiro.model.cnets import Model
 from jakiro.model.draft_tree import DraftTree
 
 
@@ -170,4 +171,50 @@ def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor,
     return DraftTree(tokens=tokens, parents=tree.parents, depths=tree.depths, ancestors=tree.ancestors)
 
 
-__all__ = ["StaticTree", "Level", "grow_static_tree"]
+class StaticTreeDrafter:
+    """A ``jakiro.model.drafter.Drafter`` for a static tree: every draft has ``tree``'s shape."""
+
+    def __init__(self, head: Model, lm_head: nn.Module, tree: StaticTree) -> None:
+        self.head = head
+        self.lm_head = lm_head
+        self.tree = tree
+
+    @property
+    def tree_size(self) -> int:
+        return len(self.tree)
+
+    @property
+    def cache_positions(self) -> int:
+        return self.tree.fed_count
+
+    @property
+    def draft_width(self) -> int:
+        return self.tree.top_k
+
+    @property
+    def tree_choices(self) -> list[list[int]]:
+        """The tree as a ``*_choices`` list (nodes in tree order, root omitted)."""
+        return [list(path) for path in self.tree.paths[1:]]
+
+    def reset(self, capacity: int) -> None:
+        self.head.reset_kv(capacity)
+
+    def draft(self, features: torch.Tensor, ids: torch.Tensor) -> DraftTree:
+        if self.tree.device != self.head.fc.weight.device:
+            self.tree = self.tree.to(self.head.fc.weight.device)
+        return grow_static_tree(self.head, self.tree, features, ids, self.lm_head)
+
+    def size_limits(self) -> tuple[int, int]:
+        return len(self.tree), len(self.tree)
+
+    def with_size(self, total_tokens: int) -> "StaticTreeDrafter":
+        if total_tokens != len(self.tree):
+            raise ValueError(f"Jakiro* drafts a static tree of {len(self.tree)} nodes; set_tree(tree_choices=...) "
+                             f"changes it, total_token={total_tokens!r} cannot")
+        return self
+
+    def describe(self) -> str:
+        return f"static tree of {len(self.tree)} nodes, depth {self.tree.depth}"
+
+
+__all__ = ["StaticTree", "StaticTreeDrafter", "Level", "grow_static_tree"]
