@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from .metrics import acceptance_length
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,7 +59,7 @@ def main(argv=None) -> None:
     text = tokenizer.decode(spec[0, ids.shape[1] :], skip_special_tokens=True)
     print(f"\nprompt: {args.prompt}\nanswer: {text.strip()}\n")
     steps = idx + 1
-    print(f"speculative: {new} tokens in {steps} verification steps, tau = {new / max(steps, 1):.2f}, "
+    print(f"speculative: {new} tokens in {steps} verification steps, tau = {acceptance_length(new, steps):.2f}, "
           f"{new / spec_time:.1f} tokens/s")
     print(f"plain      : {plain_new} tokens, {plain_new / plain_time:.1f} tokens/s")
     same = "identical" if args.temperature == 0 and torch.equal(spec, plain) else "not compared (sampling)"

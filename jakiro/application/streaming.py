@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..metrics import acceptance_length
+
 REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 sequence to
 
 
@@ -72,8 +74,7 @@ class Generation:
     @property
     def tau(self) -> float | None:
         """New tokens per verification step; None for plain decoding or before the first step."""
-        steps = self.verification_steps
-        return self.new_tokens / steps if steps else None
+        return acceptance_length(self.new_tokens, self.verification_steps)
 
     @property
     def tokens_per_second(self) -> float | None:

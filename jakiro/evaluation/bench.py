@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..metrics import acceptance_length
+
 DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star"]
 ABLATION = ["jakiro", "jakiro-nohybrid", "eagle2"]
 
@@ -276,7 +278,7 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
             forwards_per_s = t.forwards / t.seconds
             rows.append({
                 "method": name, "temperature": temperature, "tokens": t.tokens, "seconds": round(t.seconds, 2),
-                "tau": round(t.tokens / max(t.steps, 1), 3), "tokens_per_s": round(rate, 2),
+                "tau": round(acceptance_length(t.tokens, t.steps) or 0.0, 3), "tokens_per_s": round(rate, 2),
                 "speedup": round(rate / plain_rate, 3) if plain_rate else None,
                 "draft_share": round(t.draft_seconds / t.seconds, 3) if t.draft_seconds else None,
                 "peak_extra_mb": round(t.peak_extra_mb, 1),

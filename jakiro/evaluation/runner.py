@@ -220,12 +220,11 @@ class Answerer:
         return record
 
     def decode(self, tokens: list[int]) -> str:
-        """The answer text: cut at the first stop token, special tokens removed."""
-        for i, token in enumerate(tokens):
-            if token in self.stops:
-                tokens = tokens[:i]
-                break
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        """The answer text: cut before the first stop token, special tokens removed."""
+        from ..model.ea_model import cut_at_stop
+
+        tokens, stopped = cut_at_stop(tokens, self.stops)
+        return self.tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True).strip()
 
 
 def synchronize(device: torch.device) -> None:

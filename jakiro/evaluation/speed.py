@@ -21,6 +21,8 @@ import json
 import os
 from statistics import mean
 
+from ..metrics import acceptance_length
+
 
 def read_jsonl(path: str) -> dict[int, dict]:
     """Answer records by question id; a clear error for a missing or malformed file."""
@@ -74,7 +76,7 @@ def compare(spec: dict[int, dict], base: dict[int, dict], count_tokens=None) -> 
         if s["wall"] <= 0 or b["wall"] <= 0:
             raise SystemExit(f"question {qid}: wall_time sums to 0")
         rows.append({"question_id": qid, "speed": s["new"] / s["wall"], "baseline_speed": b["new"] / b["wall"],
-                     "tau": s["new"] / s["steps"] if s["steps"] else 0.0,
+                     "tau": acceptance_length(s["new"], s["steps"]) or 0.0,
                      "tau_ref": s["new"] / s["idx"] if s["idx"] else 0.0})
     speed, base_speed = mean(r["speed"] for r in rows), mean(r["baseline_speed"] for r in rows)
     return {"questions": len(rows), "only_in_spec": len(set(spec) - set(base)), "only_in_base": len(set(base) - set(spec)),

@@ -62,7 +62,7 @@ class EaModel(nn.Module):
     static one (``tree_choices``). Loading, verification, caches and the decoding loops are shared.
     """
 
-    default_variant = "jakiro"  # the variant from_pretrained/from_base load (jakiro_star's alias: "jakiro_star")
+    default_variant = "jakiro"  # the variant from_pretrained/from_base load unless told (jakiro_star's EaModel: "jakiro_star")
 
     def __init__(
         self,
@@ -135,10 +135,9 @@ class EaModel(nn.Module):
         if ea_model_path is None:
             if base_model_path is not None:
                 raise ValueError("ea_model_path is required with a base_model_path: pass a draft-head folder or hub repo id")
-            shipped_head = shipped_head or ("jakiro_star" if cls.default_variant == "jakiro_star" else "jakiro")
+            shipped_head = shipped_head or cls.default_variant  # shipped heads are named after their variants
             ea_model_path = shipped_head_path(shipped_head)
-            if variant is None and shipped_head == "jakiro_star":
-                variant = "jakiro_star"
+            variant = variant or shipped_head
         base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
         return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size,
                              draft_dtype, tree_choices=tree_choices, variant=variant)
