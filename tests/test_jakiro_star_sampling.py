@@ -16,7 +16,9 @@ from test_sampling import SAMPLES, VOCAB, chi_square_p_value, exact_joint, sampl
 import jakiro.model.ea_model as ea_model_module
 from jakiro.model.draft_tree import DraftTree
 from jakiro.model.verification import prepare_logits_processor, verify_sampling
-from jakiro.testing import prompt, tiny_base, tree_walk_verifier
+from helpers import tree_walk_verifier
+
+from jakiro.testing import prompt, tiny_base
 from jakiro_star.model.ea_model import EaModel
 
 CASES = [  # (tree, warpers, samples)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from jakiro.testing import FAMILIES, eos_stop_hits, prompt, tiny_ea_model
+from helpers import eos_stop_hits
+
+from jakiro.testing import FAMILIES, prompt, tiny_ea_model
 
 PROMPTS = 6
 NEW_TOKENS = 40

@@ -11,7 +11,9 @@ import torch
 
 import jakiro.model.ea_model as ea_model_module
 from jakiro.model.verification import prepare_logits_processor
-from jakiro.testing import prompt, tiny_ea_model, tree_walk_verifier
+from helpers import tree_walk_verifier
+
+from jakiro.testing import prompt, tiny_ea_model
 
 VOCAB = 32
 SAMPLES = 2000

@@ -13,6 +13,8 @@ top-p, in transformers' order) is applied to every target distribution, includin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -61,10 +63,24 @@ def verify_greedy(logits: torch.Tensor, tree: DraftTree) -> tuple[list[int], int
         path.append(node)
 
 
+def remove_token(probs: torch.Tensor, token: int) -> torch.Tensor:
+    """The exact residual after the deterministic draft ``token`` was rejected: ``probs`` without it, renormalised."""
+    probs[token] = 0.0
+    return probs / probs.sum()
+
+
 def verify_sampling(
-    logits: torch.Tensor, tree: DraftTree, processor: LogitsProcessorList, prefix: torch.Tensor
+    logits: torch.Tensor,
+    tree: DraftTree,
+    processor: LogitsProcessorList,
+    prefix: torch.Tensor,
+    after_rejection: Callable[[torch.Tensor, int], torch.Tensor] = remove_token,
 ) -> tuple[list[int], int]:
-    """Rejection-sample a path through ``tree``; ``prefix`` [1, T] ends with the root token."""
+    """Rejection-sample a path through ``tree``; ``prefix`` [1, T] ends with the root token.
+
+    ``after_rejection(probs, token)`` updates the target distribution after a rejected child; the
+    exact rule (``remove_token``) is the default, tests pass biased ones as negative controls.
+    """
     tokens = tree.tokens.tolist()
     children = tree.children()
     node, path = 0, [0]
@@ -78,7 +94,6 @@ def verify_sampling(
                 path.append(child)
                 path_tokens = torch.cat((path_tokens, tree.tokens[child : child + 1].to(prefix.device)[None]), dim=1)
                 break
-            probs[token] = 0.0
-            probs /= probs.sum()
+            probs = after_rejection(probs, token)
         else:
             return path, int(torch.multinomial(probs, 1))
