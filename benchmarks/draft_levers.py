@@ -52,7 +52,7 @@ def main() -> None:
             s[0], s[1], s[2], s[3] = s[0] + new, s[1] + idx + 1, s[2] + seconds, s[3] + sum(spent)
             outputs.append(out)
         assert all(torch.equal(o, outputs[0]) for o in outputs), "outputs differ across drafting settings"
-    print(f"| draft vocab | draft dtype | τ | draft ms/step | verify+rest ms/step | tokens/s |")
+    print("| draft vocab | draft dtype | τ | draft ms/step | verify+rest ms/step | tokens/s |")
     print("|---|---|---|---|---|---|")
     for (size, dtype), (tokens, steps, seconds, drafting) in stats.items():
         print(f"| {size or 'full'} | {str(dtype).split('.')[-1]} | {tokens / steps:.2f} | {1000 * drafting / steps:.1f} | "

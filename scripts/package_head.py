@@ -91,10 +91,10 @@ def main() -> None:
                "(`--regenerate --regenerate-turns 1`, at most 256 tokens; self-distillation)" if args.regenerated
                else "the original ShareGPT replies")
     def chain(r: dict) -> str:
-        return " / ".join("%.2f" % r[f"test/{j}_acc"] for j in range(5))
+        return " / ".join("{:.2f}".format(r[f"test/{j}_acc"]) for j in range(5))
 
     def branch(r: dict, key: str) -> str:
-        return "%.3f" % r[key] if key in r else "-"
+        return f"{r[key]:.3f}" if key in r else "-"
 
     rows = "\n".join(
         f"| {r['epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "

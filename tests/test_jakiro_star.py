@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import eos_stop_hits
 
 import jakiro.train
 from jakiro.model.checkpoint import save_draft_head
 from jakiro.model.cnets import count_parameters
 from jakiro.model.configs import EConfig
 from jakiro.model.ea_model import EaModel as JakiroEaModel
-from helpers import eos_stop_hits
-
 from jakiro.testing import FAMILIES, bigram_head, prompt, tiny_base
 from jakiro_star.model import choices
 from jakiro_star.model.cnets import GptNeoxMLP, MixtralSparseMoeBlock, MixtralSparseMoeBlock_train, Model

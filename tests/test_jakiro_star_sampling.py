@@ -10,14 +10,13 @@ hand-made tree whose siblings repeat a token.
 
 import pytest
 import torch
+from helpers import tree_walk_verifier
 from test_jakiro_star import CUSTOM_TREE, star_head
 from test_sampling import SAMPLES, VOCAB, chi_square_p_value, exact_joint, sample_counts
 
 import jakiro.model.ea_model as ea_model_module
 from jakiro.model.draft_tree import DraftTree
 from jakiro.model.verification import prepare_logits_processor, verify_sampling
-from helpers import tree_walk_verifier
-
 from jakiro.testing import prompt, tiny_base
 from jakiro_star.model.ea_model import EaModel
 

@@ -1,8 +1,6 @@
 """Greedy speculative output is token-identical to transformers' greedy generate() in float32."""
 
 import pytest
-import torch
-
 from helpers import eos_stop_hits
 
 from jakiro.testing import FAMILIES, prompt, tiny_ea_model
@@ -31,7 +29,7 @@ def compare(model, seeds, new_tokens=NEW_TOKENS):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("tree", TREES, ids=lambda t: "tree%d-d%d-k%d" % t)
+@pytest.mark.parametrize("tree", TREES, ids=lambda t: "tree{}-d{}-k{}".format(*t))
 def test_greedy_equals_generate(family, attn, tree):
     total_token, depth, top_k = tree
     model = tiny_ea_model(family, attn, total_token=total_token, depth=depth, top_k=top_k)

@@ -8,11 +8,10 @@ same test, which shows the test has the power to catch the bugs it is meant to c
 
 import pytest
 import torch
+from helpers import tree_walk_verifier
 
 import jakiro.model.ea_model as ea_model_module
 from jakiro.model.verification import prepare_logits_processor
-from helpers import tree_walk_verifier
-
 from jakiro.testing import prompt, tiny_ea_model
 
 VOCAB = 32

@@ -6,7 +6,6 @@ its own). A chi-square test of homogeneity compares the two samples. The negativ
 top-p before top-k (the reference's order) and must fail the same test.
 """
 
-import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

@@ -19,7 +19,15 @@ from gradio_client import Client  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from jakiro.application.browser import (  # noqa: E402
-    BrowserMissing, find_chromium, free_port, headless_chromium, send_message, set_slider, status_text, stop_midway, tour,
+    BrowserMissing,
+    find_chromium,
+    free_port,
+    headless_chromium,
+    send_message,
+    set_slider,
+    status_text,
+    stop_midway,
+    tour,
 )
 from jakiro.application.streaming import ModelRunner  # noqa: E402
 from jakiro.application.webui import answer_html, build_demo, launch, template_for  # noqa: E402

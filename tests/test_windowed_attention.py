@@ -37,7 +37,7 @@ def identical_outputs(model):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", WINDOWED_FAMILIES)
-@pytest.mark.parametrize("tree", TREES, ids=lambda t: "tree%d-d%d-k%d" % t)
+@pytest.mark.parametrize("tree", TREES, ids=lambda t: "tree{}-d{}-k{}".format(*t))
 def test_greedy_equals_generate_past_the_window(family, attn, tree):
     model = windowed_model(family, attn, tree)
     assert model.attention.has_window

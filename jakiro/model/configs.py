@@ -113,7 +113,7 @@ class EConfig:
             raise ValueError(f"draft config: rope_scaling {self.rope_scaling!r} is not valid for {kind!r}: {e}") from None
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "EConfig":
+    def from_pretrained(cls, path: str | os.PathLike) -> EConfig:
         """Read a ``config.json`` file, or the ``config.json`` inside a folder."""
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -134,7 +134,7 @@ class EConfig:
         return cls(**data)
 
     @classmethod
-    def from_base_config(cls, base_config: Any, moe: bool = True, **overrides: Any) -> "EConfig":
+    def from_base_config(cls, base_config: Any, moe: bool = True, **overrides: Any) -> EConfig:
         """Build a draft config that fits a transformers base-model config."""
         text = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
         rope = getattr(text, "rope_parameters", None) or {}

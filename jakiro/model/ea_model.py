@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import (EMBEDDING_KEY, check_fits_base, check_state_dict, read_draft_vocab, read_state_dict,
-                         resolve_draft_folder)
 from .attention import attention_pattern, tree_attention_mask
+from .checkpoint import (
+    EMBEDDING_KEY,
+    check_fits_base,
+    check_state_dict,
+    read_draft_vocab,
+    read_state_dict,
+    resolve_draft_folder,
+)
 from .cnets import Model
 from .configs import EConfig
 from .draft_tree import DraftTree
@@ -111,7 +118,7 @@ class EaModel(nn.Module):
         tree_choices: Any = None,
         variant: str | None = None,
         **hf_kwargs: Any,
-    ) -> "EaModel":
+    ) -> EaModel:
         """Load a transformers base model and a draft head folder (``config.json`` + weights).
 
         ``ea_model_path`` may be a local folder or a hub repo id. With neither path, the embedded
@@ -178,7 +185,7 @@ class EaModel(nn.Module):
         draft_dtype: torch.dtype | None = None,
         tree_choices: Any = None,
         variant: str | None = None,
-    ) -> "EaModel":
+    ) -> EaModel:
         """Wrap an already loaded base model with the draft head at ``ea_model_path`` (folder or hub id).
 
         Several heads can share one base model this way (the benchmark does).
@@ -313,8 +320,7 @@ class EaModel(nn.Module):
         ``(input_ids, new_token, idx)`` where ``idx + 1`` is the number of verification steps.
         ``top_k`` here is the sampling top-k (0: off); ``is_llama3`` also stops at ``<|eot_id|>``."""
         settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        for ids, new_token, idx in self._speculative(input_ids, settings):
-            pass
+        ids, new_token, idx = _last(self._speculative(input_ids, settings))
         return (ids, new_token, idx) if log else ids
 
     def ea_generate(
@@ -348,8 +354,7 @@ class EaModel(nn.Module):
 
         With ``log`` it returns ``(input_ids, new_token, idx)`` with ``idx = new_token - 1``."""
         settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        for ids, new_token, idx in self._naive(input_ids, settings):
-            pass
+        ids, new_token, idx = _last(self._naive(input_ids, settings))
         return (ids, new_token, idx) if log else ids
 
     def naive_generate(
@@ -560,6 +565,11 @@ class EaModel(nn.Module):
                 best, best_rate = size, rate
         self.cache = None
         return best
+
+
+def _last(steps: Iterator):
+    """The last item of a generation loop (run to the end)."""
+    return deque(steps, maxlen=1)[0]
 
 
 def cut_at_stop(tokens: list[int], stop_ids) -> tuple[list[int], bool]:

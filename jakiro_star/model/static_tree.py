@@ -39,7 +39,7 @@ class Level:
     fed_rows: torch.Tensor
     mask: torch.Tensor
 
-    def to(self, device: torch.device) -> "Level":
+    def to(self, device: torch.device) -> Level:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
@@ -66,7 +66,7 @@ class StaticTree:
     def device(self) -> torch.device:
         return self.depths.device
 
-    def to(self, device: torch.device) -> "StaticTree":
+    def to(self, device: torch.device) -> StaticTree:
         """The same tree with its index tensors on ``device``."""
         return replace(self, depths=self.depths.to(device), ancestors=self.ancestors.to(device),
                        levels=tuple(level.to(device) for level in self.levels))
@@ -77,7 +77,7 @@ class StaticTree:
         return sum(level.fed.numel() for level in self.levels)
 
     @classmethod
-    def from_choices(cls, choices: Sequence[Sequence[int]], vocab_size: int | None = None) -> "StaticTree":
+    def from_choices(cls, choices: Sequence[Sequence[int]], vocab_size: int | None = None) -> StaticTree:
         """Parse and check a ``*_choices`` list; ``ValueError`` names the first malformed path."""
         paths = _check_choices(choices, vocab_size)
         paths = [()] + sorted(paths, key=lambda p: (len(p), p))
@@ -207,7 +207,7 @@ class StaticTreeDrafter:
     def size_limits(self) -> tuple[int, int]:
         return len(self.tree), len(self.tree)
 
-    def with_size(self, total_tokens: int) -> "StaticTreeDrafter":
+    def with_size(self, total_tokens: int) -> StaticTreeDrafter:
         if total_tokens != len(self.tree):
             raise ValueError(f"Jakiro* drafts a static tree of {len(self.tree)} nodes; set_tree(tree_choices=...) "
                              f"changes it, total_token={total_tokens!r} cannot")
