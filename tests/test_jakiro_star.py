@@ -126,7 +126,7 @@ def test_head_has_one_output_in_training_and_drafting():
 
 def test_mc_sim_7b_63_is_jakiros_26_node_tree():
     tree = StaticTree.from_choices(choices.mc_sim_7b_63)
-    assert len(tree) == 27 and tree.depth == 6 and tree.top_k == 4
+    assert len(tree) == 27 and tree.depth == 6 and tree.width == 4
     assert tree.depths.tolist() == [0] + [1] * 4 + [2] * 8 + [3] * 8 + [4] * 3 + [5] * 2 + [6]
     assert [level.fed.numel() for level in tree.levels] == [4, 4, 1, 1, 1, 0] and tree.fed_count == 11
     assert sum(1 for kids in _children(tree) if not kids) == 15  # retrieve_indices [15, 7] in the reference
@@ -208,7 +208,7 @@ def test_static_drafting_matches_a_sequential_rollout_of_the_head():
             for step in path[1:]:  # feed each path node with the feature predicted for its parent
                 _, last = sequential_prediction(head, feats, toks, base.lm_head, 1)
                 feats, toks = torch.cat((feats, last), 1), torch.cat((toks, torch.tensor([[tokens[step]]])), 1)
-            ranked, _ = sequential_prediction(head, feats, toks, base.lm_head, tree.top_k)
+            ranked, _ = sequential_prediction(head, feats, toks, base.lm_head, tree.width)
             assert [tokens[c] for c in kids] == [ranked[tree.paths[c][-1]] for c in kids], node
 
 

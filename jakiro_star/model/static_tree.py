@@ -53,7 +53,7 @@ class StaticTree:
     depths: torch.Tensor  # [N] long
     ancestors: torch.Tensor  # [N, N] bool, a node counts as its own ancestor
     levels: tuple[Level, ...]
-    top_k: int  # how many ranked tokens the widest node needs
+    width: int  # how many ranked draft tokens the widest node needs (its last rank + 1)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -110,7 +110,7 @@ class StaticTree:
             depths=torch.tensor([len(p) for p in paths]),
             ancestors=ancestors,
             levels=tuple(levels),
-            top_k=max(p[-1] for p in paths[1:]) + 1,
+            width=max(p[-1] for p in paths[1:]) + 1,
         )
 
 
@@ -154,7 +154,7 @@ def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor,
     tokens = torch.empty(len(tree), dtype=torch.long, device=device)
     tokens[0] = input_ids[0, -1]
     for depth, level in enumerate(tree.levels, start=1):
-        _, ranked = head.draft_topk(head.draft_logits(out, lm_head), tree.top_k)
+        _, ranked = head.draft_topk(head.draft_logits(out, lm_head), tree.width)
         tokens[level.nodes] = ranked[level.source_rows, level.ranks]
         fed = level.fed.numel()
         if fed == 0:
@@ -189,7 +189,7 @@ class StaticTreeDrafter:
 
     @property
     def draft_width(self) -> int:
-        return self.tree.top_k
+        return self.tree.width
 
     @property
     def tree_choices(self) -> list[list[int]]:
