@@ -3,7 +3,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-TEST_ONLY = {"pytest", "selenium"}  # requirements.txt also installs what the test suite needs
+TEST_ONLY = {"pytest", "selenium", "ruff"}  # requirements.txt also installs what the test suite and CI need
 
 
 def requirements() -> tuple[list[str], list[str]]:

@@ -190,9 +190,9 @@ def ea_runner(model, naive: bool):
 
 
 def timed_drafting(model) -> list[float]:
-    """Wrap the head's tree drafting with a timer; returns the list the durations go to."""
+    """Wrap the model's drafter with a timer; returns the list the durations go to."""
     spent: list[float] = []
-    draft = model.ea_layer.topK_genrate
+    draft = model.drafter.draft
     device = model.base_model.get_input_embeddings().weight.device
 
     def timed(*args, **kwargs):
@@ -203,7 +203,7 @@ def timed_drafting(model) -> list[float]:
         spent.append(time.perf_counter() - start)
         return tree
 
-    model.ea_layer.topK_genrate = timed
+    model.drafter.draft = timed
     return spent
 
 

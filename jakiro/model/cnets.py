@@ -201,7 +201,8 @@ class Model(nn.Module):
     ``penult_forward=True`` on a MoE head) it returns ``[2,B,S,H]`` (MoE, contrastive branch);
     otherwise ``[B,S,H]``.
 
-    Subclasses change the MoE block (``moe_block``) and the drafting (``topK_genrate``).
+    Subclasses change the MoE block (``moe_block``); how a head grows trees is its drafter's
+    business (``drafter.py``), which ``topK_genrate`` calls for the reference's callers.
     """
 
     moe_block: type[nn.Module] = MixtralSparseMoeBlock
