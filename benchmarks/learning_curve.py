@@ -21,6 +21,10 @@ COMMON = ["--arch", "jakiro", "--bs", "4", "--max-len", "512", "--test-fraction"
 RUNS = {  # name -> (description, extra flags)
     "baseline": ("current recipe: full vocabulary, lr 3e-4, random init", ["--lr", "3e-4"]),
     "dv8k": ("draft-vocabulary loss K=8192, lr 3e-4", ["--lr", "3e-4", "--draft-vocab-size", "8192"]),
+    # the first warm start (commit 6d69cd1) added the layer's updates, sized for SmolLM2's residual stream
+    # (RMS 29), to features of RMS 1.8; stopped after 52 steps. Kept for the plot; rerunning it needs that commit.
+    "dv8k-warm-unscaled": ("K=8192 + warm start without the residual rescaling, lr 3e-4",
+                           ["--lr", "3e-4", "--draft-vocab-size", "8192", "--warm-start-layer"]),
     "dv8k-warm": ("K=8192 + warm start from the last base layer, lr 3e-4",
                   ["--lr", "3e-4", "--draft-vocab-size", "8192", "--warm-start-layer"]),
     "dv8k-lr1e-3": ("K=8192, lr 1e-3", ["--lr", "1e-3", "--draft-vocab-size", "8192"]),

@@ -77,7 +77,8 @@ def test_warm_started_head_is_the_base_layer_applied_to_the_features(workspace, 
     config = EConfig.from_base_config(base.config, moe=arch == "jakiro")
     head = Model(config, embed_tokens=base.get_input_embeddings()).eval()
     layer, final_norm = base.model.layers[0], base.model.norm.weight
-    warm_start(head, layer, final_norm)
+    residual = 7.0  # RMS of the residual stream entering the layer
+    warm_start(head, layer, final_norm, residual)
     assert torch.equal(head.fc.weight[:, :64], torch.zeros(64, 64)) and torch.equal(head.fc.weight[:, 64:], torch.eye(64))
 
     scale = feature_scale(final_norm)
@@ -86,15 +87,21 @@ def test_warm_started_head_is_the_base_layer_applied_to_the_features(workspace, 
     ids = torch.randint(0, 1000, (1, 7))
     positions = torch.arange(7)[None]
     mask = torch.full((7, 7), torch.finfo(torch.float32).min).triu(1)[None, None]
+    up = residual / scale  # the head is the base layer on features scaled up to the residual stream, scaled back
     with torch.no_grad():
-        expected = layer(feats, attention_mask=mask, position_ids=positions,
+        expected = layer(feats * up, attention_mask=mask, position_ids=positions,
                          position_embeddings=base.model.rotary_emb(feats, positions))
-        expected = expected[0] if isinstance(expected, tuple) else expected
+        expected = (expected[0] if isinstance(expected, tuple) else expected) / up
         out = head(feats, ids)
     assert out.shape == expected.shape  # the MoE branch alone at inference
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-    # the last layer by default, with a clear error for a layer the base does not have
-    assert load_base_layer(str(workspace / "base"), None)[0].self_attn.q_proj.weight.data_ptr() != 0
+    # the last layer by default, the residual RMS measured on sample tokens, a clear error for a missing layer
+    saved = AutoModelForCausalLM.from_pretrained(workspace / "base", dtype=torch.float32)
+    sample = torch.randint(0, 1000, (20,))
+    last, _, measured = load_base_layer(str(workspace / "base"), None, sample)
+    entering = saved(sample[None], output_hidden_states=True).hidden_states[1][0, 1:]
+    assert torch.equal(last.self_attn.q_proj.weight, saved.model.layers[1].self_attn.q_proj.weight)
+    assert measured == pytest.approx(float(entering.pow(2).mean(-1).sqrt().mean()), rel=1e-5)
     with pytest.raises(ValueError, match="has 2 decoder layers"):
         load_base_layer(str(workspace / "base"), 5)
 

@@ -37,7 +37,7 @@ from ..model.checkpoint import save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
 from .data import FeatureDataset, collate, data_size, sample_files, split, token_ranking
-from .warm_start import init_from, load_base_layer, warm_start
+from .warm_start import feature_scale, init_from, load_base_layer, warm_start
 
 CHECKPOINT = "checkpoint"
 ARCHS = ("jakiro", "eagle2", "jakiro_star")
@@ -290,18 +290,20 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     head_weight = head_weight.to(device)
     embedding = torch.nn.Embedding.from_pretrained(embedding_weight.to(device), freeze=True)
     model = head_class(args.arch)(config, embed_tokens=embedding)
+    files = sample_files(args.tmpdir)
+    train_files, test_files = split(files, args.test_fraction)
+    train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
     start = "random"
     if args.warm_start_layer is not None:
-        layer, final_norm = load_base_layer(args.basepath, args.warm_start_layer)
-        warm_start(model, layer, final_norm)
-        start = f"base layer {args.warm_start_layer if args.warm_start_layer >= 0 else 'last'}"
+        sample = train_set[0]["input_ids"][:512]
+        layer, final_norm, residual = load_base_layer(args.basepath, args.warm_start_layer, sample)
+        warm_start(model, layer, final_norm, residual)
+        start = (f"base layer {args.warm_start_layer if args.warm_start_layer >= 0 else 'last'} (residual RMS "
+                 f"{residual:.1f}, feature RMS {feature_scale(final_norm):.2f})")
     elif args.init_from:
         init_from(model, args.init_from)
         start = args.init_from
     model.to(device)
-    files = sample_files(args.tmpdir)
-    train_files, test_files = split(files, args.test_fraction)
-    train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
     ranking = token_ranking(train_files)  # saved with every state (the draft sub-vocabulary) and for the loss
     vocab = draft_vocab(head_weight, ranking[0], args.draft_vocab_size)
     batches_per_epoch = math.ceil(len(train_set) / (args.bs * accelerator.num_processes))

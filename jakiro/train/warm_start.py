@@ -8,11 +8,13 @@ from torch import nn
 from ..model.checkpoint import check_state_dict, read_state_dict
 
 
-def load_base_layer(basepath: str, index: int | None) -> tuple[nn.Module, torch.Tensor]:
-    """Decoder layer ``index`` (None or -1: the last) of the base model and its final-norm weight, float32."""
+def load_base_layer(basepath: str, index: int | None,
+                    sample_ids: torch.Tensor | None = None) -> tuple[nn.Module, torch.Tensor, float | None]:
+    """Decoder layer ``index`` (None or -1: the last) of the base model, its final-norm weight (float32)
+    and, given ``sample_ids`` [L], the RMS of the residual stream entering that layer on them."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(basepath, dtype=torch.float32, low_cpu_mem_usage=True)
+    model = AutoModelForCausalLM.from_pretrained(basepath, dtype=torch.float32, low_cpu_mem_usage=True).eval()
     decoder = model.get_decoder()
     layers = decoder.layers
     if index is None:
@@ -20,7 +22,13 @@ def load_base_layer(basepath: str, index: int | None) -> tuple[nn.Module, torch.
     if not -len(layers) <= index < len(layers):
         raise ValueError(f"--warm-start-layer {index}: the base model has {len(layers)} decoder layers "
                          f"(valid: 0..{len(layers) - 1}, or -1 for the last)")
-    return layers[index], decoder.norm.weight.detach().clone()
+    residual = None
+    if sample_ids is not None:
+        with torch.no_grad():
+            states = model(sample_ids[None].long(), output_hidden_states=True).hidden_states
+        entering = states[index % len(layers)][0, 1:]  # hidden_states[i] enters layer i; skip the attention sink
+        residual = float(entering.pow(2).mean(-1).sqrt().mean())
+    return layers[index], decoder.norm.weight.detach().clone(), residual
 
 
 def feature_scale(final_norm_weight: torch.Tensor) -> float:
@@ -29,7 +37,8 @@ def feature_scale(final_norm_weight: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tensor) -> None:
+def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tensor,
+               residual_rms: float | None = None) -> None:
     """Start ``head`` (Jakiro MoE or dense EAGLE-2, one layer) as base decoder ``layer`` applied to the features.
 
     * ``fc`` = ``[0 | I]`` (bias 0): the layer's input is the base feature itself; the token embedding
@@ -39,6 +48,11 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
       ``s = rms(final_norm_weight)``; so the base layer's input-norm weight divided by ``s`` is folded
       into ``q/k/v``. For features of RMS exactly ``s`` the attention is then the base layer's.
     * ``post_attention_layernorm`` copied.
+    * With ``residual_rms`` r (the RMS of the residual stream entering the base layer), ``o_proj`` and
+      ``down_proj`` are scaled by ``s / r``: the head then computes ``(s/r) * layer((r/s) * feature)``,
+      the base layer on a feature scaled up to the residual stream and its output scaled back, instead
+      of adding updates sized for a residual stream of RMS r (SmolLM2's last layer: r = 29, s = 1.8)
+      to a feature of RMS s.
     * Dense MLP: copied. MoE: each expert has ``hidden_size`` inner units, the base MLP
       ``intermediate_size``; the ``2 * hidden_size`` most important base units (by
       ``|down column| * |gate row| * |up row|``) are dealt alternately to expert 0 and 1 with
@@ -60,13 +74,15 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
     if head.fc.bias is not None:
         head.fc.bias.zero_()
 
-    scale = layer.input_layernorm.weight.float() / feature_scale(final_norm_weight)
+    s = feature_scale(final_norm_weight)
+    scale = layer.input_layernorm.weight.float() / s
+    out_scale = s / residual_rms if residual_rms else 1.0
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         source, target = getattr(layer.self_attn, name), getattr(ours.self_attn, name)
         if source.weight.shape != target.weight.shape:
             raise ValueError(f"--warm-start-layer: base {name} {list(source.weight.shape)} does not fit the head's "
                              f"{list(target.weight.shape)}")
-        target.weight.copy_(source.weight * scale if name != "o_proj" else source.weight)
+        target.weight.copy_(source.weight * scale if name != "o_proj" else source.weight * out_scale)
         if getattr(source, "bias", None) is not None:
             if target.bias is None:
                 raise ValueError(f"the base layer's {name} has a bias and the draft config none: set qkv_bias in it")
@@ -82,7 +98,7 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
             if target.shape != weight.shape:
                 raise ValueError(f"--warm-start-layer: base mlp.{name} {list(weight.shape)} does not fit the head's "
                                  f"{list(target.shape)}")
-            target.copy_(weight)
+            target.copy_(weight * out_scale if name == "down_proj" else weight)
         return
     moe = ours.mlp_moe
     width = moe.experts[0].gate_proj.weight.shape[0]
@@ -94,7 +110,7 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
         expert.down_proj.weight.zero_()
         expert.gate_proj.weight[: len(units)] = gate[units]
         expert.up_proj.weight[: len(units)] = up[units]
-        expert.down_proj.weight[:, : len(units)] = 2 * down[:, units]
+        expert.down_proj.weight[:, : len(units)] = 2 * out_scale * down[:, units]
 
 
 def init_from(head: nn.Module, folder: str) -> None:
