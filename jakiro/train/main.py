@@ -401,7 +401,8 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
             if accelerator.sync_gradients:
                 seen["step"] += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{totals['moe_top1'] / max(totals['moe_count'], 1):.3f}")
-            if args.eval_steps and accelerator.sync_gradients and seen["step"] % args.eval_steps == 0:
+            last = number + 1 >= batches_per_epoch  # the epoch's end evaluates anyway
+            if args.eval_steps and accelerator.sync_gradients and seen["step"] % args.eval_steps == 0 and not last:
                 log({"epoch": epoch, **seen, "lr": scheduler.get_last_lr()[0],
                      **evaluate(accelerator, model, test_loader, head_weight, args, vocab)})
                 model.train()
