@@ -428,7 +428,7 @@ def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator
     Batches are the dataset's first ones; random states are restored, so training is unchanged.
     """
     rng = torch.get_rng_state()
-    probe = copy.deepcopy(model).train()
+    probe = copy.deepcopy(model, {id(model.embed_tokens): model.embed_tokens}).train()  # share the frozen embedding
     optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.bs, collate_fn=collate)
     elapsed = 0.0
