@@ -4,6 +4,12 @@
 #   N conversations of ShareGPT V3 (seeded shuffle), at most MAX_LEN tokens each, EPOCHS epochs.
 #   REGENERATE=1 replaces the assistant replies by SmolLM2's own greedy answers (self-distillation,
 #   at most REPLY_TOKENS tokens each, first REGENERATE_TURNS exchanges) before recording features.
+#   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
+#   WARM_START=1 starts each head from SmolLM2's last decoder layer; INIT_FROM=DIR from an existing
+#   head folder (one per ARCH: INIT_FROM=DIR is used for every arch, so give one ARCH with it).
+#   TIME_BUDGET=HOURS prints, before each head trains, the steps and tokens that fit (measured).
+#   THREADS=N torch threads (0: torch's default). Features and training use bf16 only where the CPU
+#   has native bf16 units (avx512_bf16 / AMX); elsewhere bf16 is slower than fp32.
 set -euo pipefail
 N=${N:-1200}
 MAX_LEN=${MAX_LEN:-1024}
@@ -13,19 +19,29 @@ REGENERATE=${REGENERATE:-0}
 REPLY_TOKENS=${REPLY_TOKENS:-256}
 REGENERATE_TURNS=${REGENERATE_TURNS:-1}
 ARCHS=${ARCHS:-jakiro eagle2}
+DRAFT_VOCAB=${DRAFT_VOCAB:-0}
+WARM_START=${WARM_START:-0}
+INIT_FROM=${INIT_FROM:-}
+TIME_BUDGET=${TIME_BUDGET:-2}
+THREADS=${THREADS:-0}
 SUFFIX=$([ "$REGENERATE" = 1 ] && echo "-regen" || true)
 RUN=${RUN:-${JAKIRO_CACHE:-$HOME/.cache/jakiro}/runs/smollm2-sharegpt-n$N$SUFFIX}
 EXTRA=()
 [ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
+TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS")
+[ "$WARM_START" = 1 ] && TRAIN+=(--warm-start-layer)
+[ -n "$INIT_FROM" ] && TRAIN+=(--init-from "$INIT_FROM")
 PY=${PY:-python}
+FEATURE_DTYPE=$($PY -c "from jakiro.train.main import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
 mkdir -p "$RUN"
-echo "run folder: $RUN"
-# 1. base-model features (bf16 forward: twice as fast as fp32 on CPU, far below the training noise)
+echo "run folder: $RUN; base-model features in $FEATURE_DTYPE"
+# 1. base-model features
 $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$N" \
-    --workers 1 -- --max-len "$MAX_LEN" --dtype bfloat16 "${EXTRA[@]}"
+    --workers 1 -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
 # 2. the heads, same data, epochs and seed
 for ARCH in $ARCHS; do
   $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$RUN/$ARCH" --arch "$ARCH" --num-epochs "$EPOCHS" \
-      --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision bf16 --save-steps 50 --save-dtype float16 --resume
+      --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
+      "${TRAIN[@]}"
 done
 echo "done: $RUN/<arch>/state_$((EPOCHS-1)) for $ARCHS"

@@ -165,17 +165,18 @@ def test_training_resumes_mid_epoch_exactly(workspace, features, monkeypatch):
     resumed = workspace / "resumed"
     real_loss, calls = train_module.compute_loss, []
 
-    def crash_on_eighth(*args):
+    def crash_on_eighth(*args, **kwargs):
         calls.append(1)
         if len(calls) == 8:  # 5 training batches + 1 held-out batch in epoch 0, then the second batch of epoch 1
             raise KeyboardInterrupt("killed")
-        return real_loss(*args)
+        return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "compute_loss", crash_on_eighth)
     with pytest.raises(KeyboardInterrupt):
         train(workspace, features, resumed, "--num-epochs", "2", "--save-steps", "1")
     monkeypatch.setattr(train_module, "compute_loss", real_loss)
-    assert json.load(open(resumed / "checkpoint" / "progress.json")) == {"epoch": 1, "batch": 1}
+    progress = json.load(open(resumed / "checkpoint" / "progress.json"))
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (1, 1, 6)
     train(workspace, features, resumed, "--num-epochs", "2", "--save-steps", "1", "--resume")
     a = load_file(str(straight / "state_1" / "model.safetensors"))
     b = load_file(str(resumed / "state_1" / "model.safetensors"))

@@ -87,3 +87,16 @@ def token_ranking(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.argsort(total, descending=True, stable=True)
     order = order[total[order] > 0]
     return order, total[order]
+
+
+def data_size(files: list[str], max_len: int) -> tuple[int, int]:
+    """Tokens and learned (assistant) tokens of the samples, each cut at ``max_len`` as training cuts them."""
+    from safetensors import safe_open
+
+    tokens = learned = 0
+    for path in files:
+        with safe_open(path, "pt") as f:
+            mask = f.get_tensor("loss_mask")[:max_len]
+        tokens += mask.numel()
+        learned += int(mask[1:].sum())  # the first position is never a target
+    return tokens, learned

@@ -11,6 +11,12 @@ the Jakiro* head (two GELU experts, one weighted-sum output) with the EAGLE loss
 ``CKPT/state_<epoch>/`` (``config.json`` + ``model.safetensors``, loadable by
 ``EaModel.from_pretrained``) and a resumable checkpoint; ``--resume`` continues from the latest.
 Metrics go to stdout, ``CKPT/metrics.jsonl`` and the progress bar.
+
+Levers for short CPU runs: ``--draft-vocab-size K`` (the loss over the K most frequent learned
+tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf16 matrix units),
+``--warm-start-layer [N]`` (start from base decoder layer N), ``--init-from DIR`` (continue from an
+existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve) and
+``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import json
 import math
 import os
 import shutil
+import copy
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +36,8 @@ import torch.nn.functional as F
 from ..model.checkpoint import save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
-from .data import FeatureDataset, collate, sample_files, split, token_ranking
+from .data import FeatureDataset, collate, data_size, sample_files, split, token_ranking
+from .warm_start import feature_scale, init_from, load_base_layer, warm_start
 
 CHECKPOINT = "checkpoint"
 ARCHS = ("jakiro", "eagle2", "jakiro_star")
@@ -67,15 +76,81 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--rollout-steps", type=int, default=5, help="steps of the held-out acceptance estimate")
     p.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps (0: per epoch)")
-    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
-                   help="autocast precision (default: accelerate's setting, else no); bf16 is much faster on CPUs "
-                        "with avx512_bf16")
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16", "auto"],
+                   help="autocast precision (default: accelerate's setting, else no); auto: bf16 on CUDA and on CPUs "
+                        "with avx512_bf16 or AMX, fp32 otherwise (bf16 is slower than fp32 without them)")
+    p.add_argument("--draft-vocab-size", type=int, default=0,
+                   help="train the token loss over the K most frequent learned tokens only (0: full vocabulary)")
+    p.add_argument("--warm-start-layer", type=int, nargs="?", const=-1, default=None, metavar="N",
+                   help="start attention and MLP/experts from base decoder layer N (no N: the last), fc from [0 | I]")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from the weights of an existing head folder (e.g. a shipped head); its config is used "
+                        "unless --configpath is given")
+    p.add_argument("--eval-steps", type=int, default=0, help="also evaluate the held-out split every N optimizer steps")
+    p.add_argument("--time-budget", type=float, default=0, metavar="HOURS",
+                   help="time a few steps first and print the optimizer steps and tokens this budget allows")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--resume", action="store_true", help="continue from CKPT/checkpoint if present")
     p.add_argument("--debug", action="store_true", help="stop each epoch after 10 batches")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.draft_vocab_size < 0:
+        p.error(f"--draft-vocab-size must be >= 0 (0: full vocabulary), got {args.draft_vocab_size}")
+    if args.warm_start_layer is not None and args.init_from:
+        p.error("--warm-start-layer and --init-from both set the initial weights: pass one")
+    if args.warm_start_layer is not None and args.arch == "jakiro_star":
+        p.error("--warm-start-layer supports --arch jakiro and eagle2 (Jakiro*'s GELU experts have no base counterpart)")
+    if args.init_from and not os.path.isdir(args.init_from):
+        p.error(f"--init-from {args.init_from}: not a folder (expected config.json + model.safetensors)")
+    for name in ("eval_steps", "time_budget", "threads"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    return args
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX); without it bf16 is slower than fp32.
+
+    Reads the flags of ``/proc/cpuinfo`` (or the given text); torch's probes where it has them.
+    """
+    if cpuinfo is None:
+        probes = getattr(torch._C, "_cpu", None)
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            if probes is not None and hasattr(probes, probe) and getattr(probes, probe)():
+                return True
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mixed_precision(setting: str | None) -> str | None:
+    """``auto`` -> bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16, else no."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "no"
+
+
+class DraftVocab(NamedTuple):
+    """The tokens the token loss runs over: their ids and LM-head rows (``ids`` None: the full vocabulary)."""
+
+    ids: torch.Tensor | None
+    weight: torch.Tensor
+
+
+def draft_vocab(head_weight: torch.Tensor, ranking: torch.Tensor, size: int) -> DraftVocab:
+    """The ``size`` most frequent learned tokens (all ranked ones if fewer); 0 or >= vocabulary: all tokens."""
+    if size <= 0 or size >= head_weight.shape[0]:
+        return DraftVocab(None, head_weight)
+    ids = ranking[:size].to(head_weight.device)
+    return DraftVocab(ids, head_weight[ids].contiguous())
 
 
 def load_frozen_base_parts(basepath: str) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -105,44 +180,59 @@ def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tenso
     return config
 
 
-def branch_terms(predict, target, mask, head_weight, shift: int = 0) -> dict[str, torch.Tensor]:
+def branch_terms(predict, target, mask, head_weight, shift: int = 0, vocab: DraftVocab | None = None,
+                 exact: bool = False) -> dict[str, torch.Tensor]:
     """Token and feature losses and top-k hits of one branch; ``shift`` predicts that many steps further.
 
     Only positions with ``mask`` are sent through the LM head (most of a conversation is not learned).
+    With a draft ``vocab`` of K tokens, the token loss is the cross-entropy between the draft's and the
+    base model's distributions both restricted to those K tokens and renormalised there: target mass
+    outside them is dropped, since the drafter can never propose such a token; the target is then what
+    the drafter should rank (the base model's order among the K tokens). This replaces three
+    [positions x vocabulary] LM-head products by [positions x K] ones. The top-k hits compare against
+    the restricted target's argmax, or with ``exact`` against the full-vocabulary argmax (one more
+    product; a target outside the K tokens is then a miss, as it is when drafting).
     """
     if shift:
         predict, target, mask = predict[:, :-shift], target[:, shift:], mask[:, shift:]
+    vocab = vocab or DraftVocab(None, head_weight)
     keep = mask.bool()
     pred, tgt = predict[keep], target[keep]
     count = pred.new_tensor(float(pred.shape[0]))
     with torch.no_grad():
-        target_probs = torch.softmax(tgt @ head_weight.T, dim=-1)
+        target_probs = torch.softmax(tgt @ vocab.weight.T, dim=-1)
         target_tokens = target_probs.argmax(-1)
-    logq = torch.log_softmax(pred.float() @ head_weight.T, dim=-1)
+        if exact and vocab.ids is not None:
+            target_tokens = (tgt @ head_weight.T).argmax(-1)
+    logq = torch.log_softmax(pred.float() @ vocab.weight.T, dim=-1)
     ploss = -(target_probs * logq).sum() / (count + 1e-5)
     vloss = F.smooth_l1_loss(pred.float(), tgt, reduction="none").mean(-1).sum() / (count + 1e-5)
-    top3 = logq.topk(3, dim=-1).indices
+    top3 = logq.topk(min(3, logq.shape[-1]), dim=-1).indices
+    if exact and vocab.ids is not None:
+        top3 = vocab.ids[top3]
     hits = [(top3[:, :k] == target_tokens[:, None]).any(-1).sum() for k in (1, 2, 3)]
     return {"ploss": ploss, "vloss": vloss, "count": count, "top1": hits[0], "top2": hits[1], "top3": hits[2]}
 
 
-def compute_loss(predict, batch, head_weight, args) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+def compute_loss(predict, batch, head_weight, args, vocab: DraftVocab | None = None,
+                 exact: bool = False) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
     """Jakiro loss (both branches) or EAGLE loss (one output: the dense and the Jakiro* heads)."""
     target, mask = batch["target"], batch["loss_mask"]
     if predict.dim() == 4:  # [2, B, S, H]: MoE branch and contrastive branch
-        moe = branch_terms(predict[0], target, mask, head_weight)
-        con = branch_terms(predict[1], target, mask, head_weight, shift=1)
+        moe = branch_terms(predict[0], target, mask, head_weight, vocab=vocab, exact=exact)
+        con = branch_terms(predict[1], target, mask, head_weight, shift=1, vocab=vocab, exact=exact)
         loss = args.v_w * (moe["vloss"] + args.const * con["vloss"]) + args.p_w * (moe["ploss"] + args.const * con["ploss"])
         return loss, {"moe": moe, "contrastive": con}
-    dense = branch_terms(predict, target, mask, head_weight)
+    dense = branch_terms(predict, target, mask, head_weight, vocab=vocab, exact=exact)
     return args.v_w * dense["vloss"] + args.p_w * dense["ploss"], {"moe": dense}
 
 
 @torch.no_grad()
-def rollout_acceptance(model, batch, head_weight, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rollout_acceptance(model, batch, head_weight, steps: int,
+                       vocab: DraftVocab | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out k-step chain acceptance: at step j every position uses the draft's own features
     from step j-1; a position counts at step j only if steps 0..j-1 were right from its start.
-    Returns (hits [steps], trials [steps])."""
+    With a draft ``vocab`` the draft picks among its tokens only. Returns (hits [steps], trials [steps])."""
     features, ids, mask = batch["hidden_states"], batch["input_ids"], batch["loss_mask"].bool()
     targets = (batch["target"] @ head_weight.T).argmax(-1)
     hits, trials = torch.zeros(steps), torch.zeros(steps)
@@ -150,7 +240,11 @@ def rollout_acceptance(model, batch, head_weight, steps: int) -> tuple[torch.Ten
     for step in range(steps):
         out = model(features, ids)
         out = out[0] if out.dim() == 4 else out
-        correct = (out @ head_weight.T).argmax(-1) == targets
+        if vocab is None or vocab.ids is None:
+            guess = (out @ head_weight.T).argmax(-1)
+        else:
+            guess = vocab.ids[(out @ vocab.weight.T).argmax(-1)]
+        correct = guess == targets
         if step:
             alive = F.pad(alive[:, :-1], (1, 0)) & mask
         trials[step] = alive.sum().cpu()
@@ -176,15 +270,20 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     from transformers import get_cosine_schedule_with_warmup
 
     args = parse_args(argv, default_arch)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precision = resolve_mixed_precision(args.mixed_precision)
     # cpu=True lets torchrun-launched CPU processes form a gloo group (accelerate ignores it with CUDA).
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+                              cpu=not torch.cuda.is_available(), mixed_precision=precision)
     set_seed(args.seed)
     if args.basepath is None:
         from ..embedded import smollm2_path
 
         args.basepath = smollm2_path()
     head_weight, embedding_weight, base_config = load_frozen_base_parts(args.basepath)
+    if args.init_from and not args.configpath:
+        args.configpath = args.init_from
     config = draft_config(args, base_config, head_weight)
 
     device = accelerator.device
@@ -194,10 +293,33 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     files = sample_files(args.tmpdir)
     train_files, test_files = split(files, args.test_fraction)
     train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
-    ranking = token_ranking(train_files) if accelerator.is_main_process else None  # for a draft sub-vocabulary
+    start = "random"
+    if args.warm_start_layer is not None:
+        sample = train_set[0]["input_ids"][:512]
+        layer, final_norm, residual = load_base_layer(args.basepath, args.warm_start_layer, sample)
+        warm_start(model, layer, final_norm, residual)
+        start = (f"base layer {args.warm_start_layer if args.warm_start_layer >= 0 else 'last'} (residual RMS "
+                 f"{residual:.1f}, feature RMS {feature_scale(final_norm):.2f})")
+    elif args.init_from:
+        init_from(model, args.init_from)
+        start = args.init_from
+    model.to(device)
+    ranking = token_ranking(train_files)  # saved with every state (the draft sub-vocabulary) and for the loss
+    vocab = draft_vocab(head_weight, ranking[0], args.draft_vocab_size)
     batches_per_epoch = math.ceil(len(train_set) / (args.bs * accelerator.num_processes))
-    total_steps = args.num_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    total_steps = args.num_epochs * steps_per_epoch
     warmup_steps = min(args.warmup_steps, total_steps // 10 + 1)
+    positions, learned = data_size(train_files, args.max_len)
+    accelerator.print(f"{len(train_files)} training conversations ({positions} tokens, {learned} learned) and "
+                      f"{len(test_files)} held-out; {args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+                      f"parameters, initialised from {start}; token loss over "
+                      f"{'the full vocabulary' if vocab.ids is None else f'{len(vocab.ids)} tokens'}; precision "
+                      f"{precision or accelerator.mixed_precision}; {accelerator.num_processes} process(es) on {device}, "
+                      f"{torch.get_num_threads()} thread(s)")
+    if args.time_budget:
+        seconds = time_steps(model, train_set, head_weight, vocab, args, accelerator)
+        project(accelerator, args, seconds, total_steps, steps_per_epoch, positions, learned)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(args.b1, args.b2))
     # accelerate steps a prepared scheduler once per process for every optimizer step
     scale = accelerator.num_processes
@@ -207,17 +329,16 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         torch.utils.data.DataLoader(test_set, batch_size=args.bs, collate_fn=collate, num_workers=args.num_workers)
     )
     os.makedirs(args.cpdir, exist_ok=True)
-    accelerator.print(f"{len(train_files)} training and {len(test_files)} held-out conversations; "
-                      f"{args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                      f"{accelerator.num_processes} process(es) on {device}")
 
     start_epoch, skip_batches = 0, 0
+    seen = {"step": 0, "tokens": 0, "learned_tokens": 0, "train_seconds": 0.0}  # carried across resumes
     progress_file = os.path.join(args.cpdir, CHECKPOINT, "progress.json")
     if args.resume and os.path.isfile(progress_file):
         with open(progress_file) as f:
             progress = json.load(f)
         accelerator.load_state(os.path.join(args.cpdir, CHECKPOINT, "state"))
         start_epoch, skip_batches = progress["epoch"], progress["batch"]
+        seen.update({k: progress[k] for k in seen if k in progress})
         accelerator.print(f"resuming at epoch {start_epoch}, batch {skip_batches}")
 
     def save_checkpoint(epoch: int, batch: int) -> None:
@@ -231,11 +352,17 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         accelerator.save_state(os.path.join(tmp, "state"))
         if accelerator.is_main_process:
             with open(os.path.join(tmp, "progress.json"), "w") as f:
-                json.dump({"epoch": epoch, "batch": batch}, f)
+                json.dump({"epoch": epoch, "batch": batch, **seen}, f)
             if os.path.isdir(folder):
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
         accelerator.wait_for_everyone()
+
+    def log(record: dict) -> None:
+        if accelerator.is_main_process:
+            with open(os.path.join(args.cpdir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        accelerator.print(json.dumps(record))
 
     for epoch in range(start_epoch, args.num_epochs):
         epoch_start = time.perf_counter()
@@ -251,13 +378,14 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, initial=first,
                    total=batches_per_epoch)
         for number, batch in enumerate(bar, start=first):
+            step_start = time.perf_counter()
             with accelerator.accumulate(model):
                 features = batch["hidden_states"]
                 if args.noise_std:
                     features = features + (torch.rand_like(features) - 0.5) * args.noise_std
                 with accelerator.autocast():
                     predict = model(features, batch["input_ids"])
-                    loss, terms = compute_loss(predict, batch, head_weight, args)
+                    loss, terms = compute_loss(predict, batch, head_weight, args, vocab)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -265,23 +393,76 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
                 scheduler.step()
                 optimizer.zero_grad()
             accumulate(totals, loss, terms)
+            real = batch["hidden_states"].abs().sum(-1) > 0  # padding rows are zero
+            sizes = accelerator.reduce(torch.stack((batch["loss_mask"].sum(), real.sum().float())), "sum")
+            seen["learned_tokens"] += int(sizes[0])
+            seen["tokens"] += int(sizes[1])
+            seen["train_seconds"] += time.perf_counter() - step_start
+            if accelerator.sync_gradients:
+                seen["step"] += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{totals['moe_top1'] / max(totals['moe_count'], 1):.3f}")
+            last = number + 1 >= batches_per_epoch  # the epoch's end evaluates anyway
+            if args.eval_steps and accelerator.sync_gradients and seen["step"] % args.eval_steps == 0 and not last:
+                log({"epoch": epoch, **seen, "lr": scheduler.get_last_lr()[0],
+                     **evaluate(accelerator, model, test_loader, head_weight, args, vocab)})
+                model.train()
             if args.save_steps and (number + 1) % args.save_steps == 0:
                 save_checkpoint(epoch, number + 1)
             if args.debug and number >= 9:
                 break
         train_metrics = summarise(accelerator, totals, "train")
-        test_metrics = evaluate(accelerator, model, test_loader, head_weight, args)
-        record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - epoch_start, 1),
-                  **train_metrics, **test_metrics}
+        test_metrics = evaluate(accelerator, model, test_loader, head_weight, args, vocab)
+        record = {"epoch": epoch, **seen, "lr": scheduler.get_last_lr()[0],
+                  "epoch_seconds": round(time.perf_counter() - epoch_start, 1), **train_metrics, **test_metrics}
         state_dir = os.path.join(args.cpdir, f"state_{epoch}")
         if accelerator.is_main_process:
             save_draft_head(accelerator.unwrap_model(model), state_dir, getattr(torch, args.save_dtype))
             save_draft_vocab(state_dir, *ranking)
-            with open(os.path.join(args.cpdir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-        accelerator.print(json.dumps(record))
+        log(record)
         save_checkpoint(epoch + 1, 0)
+
+
+def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator, steps: int = 3) -> float:
+    """Seconds per optimizer step, timed on a copy of the head (one untimed warm-up batch, then ``steps``).
+
+    Batches are the dataset's first ones; random states are restored, so training is unchanged.
+    """
+    rng = torch.get_rng_state()
+    probe = copy.deepcopy(model, {id(model.embed_tokens): model.embed_tokens}).train()  # share the frozen embedding
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.bs, collate_fn=collate)
+    elapsed = 0.0
+    for number, batch in enumerate(loader):
+        if number > steps:
+            break
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        start = time.perf_counter()
+        for _ in range(args.gradient_accumulation_steps):
+            with accelerator.autocast():
+                loss, _ = compute_loss(probe(batch["hidden_states"], batch["input_ids"]), batch, head_weight, args, vocab)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if number:
+            elapsed += time.perf_counter() - start
+    torch.set_rng_state(rng)
+    return elapsed / max(min(steps, len(loader) - 1), 1)
+
+
+def project(accelerator, args, seconds: float, total_steps: int, steps_per_epoch: int, positions: int,
+            learned: int) -> None:
+    """Print what ``--time-budget`` allows at ``seconds`` per optimizer step (evaluation not included)."""
+    budget = args.time_budget * 3600
+    steps = int(budget / max(seconds, 1e-9))
+    per_step = positions / max(steps_per_epoch, 1), learned / max(steps_per_epoch, 1)
+    accelerator.print(
+        f"time budget {args.time_budget:g} h at {seconds:.3g} s per optimizer step (measured): about {steps} steps, "
+        f"{steps * per_step[0] / 1e6:.2f}M tokens ({steps * per_step[1] / 1e6:.2f}M learned), "
+        f"{steps / max(steps_per_epoch, 1):.1f} epochs of this data. This run: {total_steps} steps "
+        f"({args.num_epochs} epochs), projected {total_steps * seconds / 3600:.2f} h")
+    if total_steps * seconds > budget:
+        accelerator.print(f"warning: {args.num_epochs} epochs exceed the time budget; about "
+                          f"{max(1, steps // max(steps_per_epoch, 1))} epochs fit")
 
 
 def accumulate(totals: dict[str, float], loss: torch.Tensor, terms: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -310,8 +491,12 @@ def summarise(accelerator, totals: dict[str, float], prefix: str) -> dict[str, f
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, loader, head_weight, args) -> dict[str, float]:
-    """Held-out losses, accuracies and the k-step acceptance estimate (all held-out batches)."""
+def evaluate(accelerator, model, loader, head_weight, args, vocab: DraftVocab | None = None) -> dict[str, float]:
+    """Held-out losses, accuracies and the k-step acceptance estimate (all held-out batches).
+
+    Top-k hits count against the base model's full-vocabulary choice; with a draft vocabulary the
+    head guesses among its tokens only, as when drafting.
+    """
     model.eval()
     totals: dict[str, float] = {}
     hits, trials = torch.zeros(args.rollout_steps), torch.zeros(args.rollout_steps)
@@ -319,8 +504,8 @@ def evaluate(accelerator, model, loader, head_weight, args) -> dict[str, float]:
     for batch in loader:
         with accelerator.autocast():
             predict = unwrapped(batch["hidden_states"], batch["input_ids"], penult_forward=True)  # both branches
-            loss, terms = compute_loss(predict, batch, head_weight, args)
-            h, t = rollout_acceptance(unwrapped, batch, head_weight, args.rollout_steps)
+            loss, terms = compute_loss(predict, batch, head_weight, args, vocab, exact=True)
+            h, t = rollout_acceptance(unwrapped, batch, head_weight, args.rollout_steps, vocab)
         accumulate(totals, loss, terms)
         hits, trials = hits + h, trials + t
     if not totals:

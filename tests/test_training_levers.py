@@ -1,0 +1,195 @@
+"""Training levers on the tiny models: draft-vocabulary loss, mixed precision choice, warm start from a
+base layer, --init-from, the time-budget projection, held-out curves, and exact resume with them.
+
+The workspace (a tiny random Llama with SmolLM2's tokenizer, a dozen conversations, their features)
+comes from ``test_pipeline.py``'s fixtures.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_pipeline import features, metrics, tokenizer, train, workspace  # noqa: F401 (fixtures)
+from transformers import AutoModelForCausalLM
+
+import jakiro.train.main as train_module
+from jakiro.model.cnets import Model
+from jakiro.model.configs import EConfig
+from jakiro.train.main import DraftVocab, branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
+from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
+
+
+def test_draft_vocab_loss_is_the_cross_entropy_renormalised_over_the_k_tokens():
+    torch.manual_seed(0)
+    vocab_size, hidden, k = 50, 8, 10
+    head = torch.randn(vocab_size, hidden)
+    predict, target = torch.randn(1, 6, hidden), torch.randn(1, 6, hidden)
+    mask = torch.tensor([[1.0, 1, 0, 1, 1, 1]])
+    ranking = torch.randperm(vocab_size)
+    vocab = draft_vocab(head, ranking, k)
+    assert torch.equal(vocab.ids, ranking[:k]) and torch.equal(vocab.weight, head[ranking[:k]])
+    terms = branch_terms(predict, target, mask, head, vocab=vocab)
+    keep = mask[0].bool()
+    p = torch.softmax(target[0, keep] @ head[ranking[:k]].T, -1)
+    logq = torch.log_softmax(predict[0, keep] @ head[ranking[:k]].T, -1)
+    torch.testing.assert_close(terms["ploss"], -(p * logq).sum(-1).mean(), rtol=1e-4, atol=1e-5)
+    # rows outside the K tokens play no part in the loss
+    other = head.clone()
+    outside = torch.ones(vocab_size, dtype=torch.bool)
+    outside[ranking[:k]] = False
+    other[outside] = torch.randn(int(outside.sum()), hidden)
+    again = branch_terms(predict, target, mask, other, vocab=draft_vocab(other, ranking, k))
+    torch.testing.assert_close(again["ploss"], terms["ploss"])
+    # exact hits: a base choice outside the K tokens is a miss; inside, a hit iff the restricted argmax agrees
+    full_choice = (target[0, keep] @ head.T).argmax(-1)
+    guess = ranking[:k][logq.argmax(-1)]
+    exact = branch_terms(predict, target, mask, head, vocab=vocab, exact=True)
+    assert int(exact["top1"]) == int((guess == full_choice).sum())
+    assert branch_terms(predict, target, mask, head, vocab=draft_vocab(head, ranking, 0))["ploss"] == \
+        branch_terms(predict, target, mask, head)["ploss"]  # 0: the full vocabulary
+    assert draft_vocab(head, ranking, vocab_size).ids is None
+
+
+def test_mixed_precision_auto_uses_bf16_only_with_native_bf16_units(monkeypatch):
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    avx512_bf16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n"
+    assert not cpu_has_fast_bf16(avx2_only) and cpu_has_fast_bf16(avx512_bf16) and cpu_has_fast_bf16(amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for text, expected in ((avx2_only, "no"), (avx512_bf16, "bf16"), (amx, "bf16")):
+        monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda text=text: cpu_has_fast_bf16(text))
+        assert resolve_mixed_precision("auto") == expected
+    assert resolve_mixed_precision("fp16") == "fp16" and resolve_mixed_precision(None) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_mixed_precision("auto") == "bf16"
+
+
+@pytest.mark.parametrize("arch", ["jakiro", "eagle2"])
+def test_warm_started_head_is_the_base_layer_applied_to_the_features(workspace, arch):  # noqa: F811
+    base = AutoModelForCausalLM.from_pretrained(workspace / "base", dtype=torch.float32).eval()
+    with torch.no_grad():  # a random base has unit norm weights: make them informative
+        for layer in base.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+        base.model.norm.weight.uniform_(0.5, 2.0)
+    config = EConfig.from_base_config(base.config, moe=arch == "jakiro")
+    head = Model(config, embed_tokens=base.get_input_embeddings()).eval()
+    layer, final_norm = base.model.layers[0], base.model.norm.weight
+    residual = 7.0  # RMS of the residual stream entering the layer
+    warm_start(head, layer, final_norm, residual)
+    assert torch.equal(head.fc.weight[:, :64], torch.zeros(64, 64)) and torch.equal(head.fc.weight[:, 64:], torch.eye(64))
+
+    scale = feature_scale(final_norm)
+    feats = torch.randn(1, 7, 64)
+    feats = feats / feats.pow(2).mean(-1, keepdim=True).sqrt() * scale  # features of RMS exactly `scale`
+    ids = torch.randint(0, 1000, (1, 7))
+    positions = torch.arange(7)[None]
+    mask = torch.full((7, 7), torch.finfo(torch.float32).min).triu(1)[None, None]
+    up = residual / scale  # the head is the base layer on features scaled up to the residual stream, scaled back
+    with torch.no_grad():
+        expected = layer(feats * up, attention_mask=mask, position_ids=positions,
+                         position_embeddings=base.model.rotary_emb(feats, positions))
+        expected = (expected[0] if isinstance(expected, tuple) else expected) / up
+        out = head(feats, ids)
+    assert out.shape == expected.shape  # the MoE branch alone at inference
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    # the last layer by default, the residual RMS measured on sample tokens, a clear error for a missing layer
+    saved = AutoModelForCausalLM.from_pretrained(workspace / "base", dtype=torch.float32)
+    sample = torch.randint(0, 1000, (20,))
+    last, _, measured = load_base_layer(str(workspace / "base"), None, sample)
+    with torch.no_grad():
+        entering = saved(sample[None], output_hidden_states=True).hidden_states[1][0, 1:]
+    assert torch.equal(last.self_attn.q_proj.weight, saved.model.layers[1].self_attn.q_proj.weight)
+    assert measured == pytest.approx(float(entering.pow(2).mean(-1).sqrt().mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="has 2 decoder layers"):
+        load_base_layer(str(workspace / "base"), 5)
+
+
+def test_bad_lever_flags_are_rejected(capsys):
+    base = ["--tmpdir", "d", "--cpdir", "c"]
+    for extra, message in ((["--draft-vocab-size", "-1"], "--draft-vocab-size must be >= 0"),
+                           (["--warm-start-layer", "--init-from", "x"], "pass one"),
+                           (["--warm-start-layer", "--arch", "jakiro_star"], "supports --arch jakiro and eagle2"),
+                           (["--init-from", "/nonexistent/head"], "not a folder"),
+                           (["--eval-steps", "-2"], "--eval-steps must be >= 0")):
+        with pytest.raises(SystemExit):
+            train_module.parse_args(base + extra)
+        assert message in capsys.readouterr().err
+    assert train_module.parse_args(base + ["--warm-start-layer"]).warm_start_layer == -1
+    assert train_module.parse_args(base + ["--warm-start-layer", "3"]).warm_start_layer == 3
+
+
+def test_init_from_starts_at_the_given_head_and_budget_projection_leaves_training_unchanged(
+        workspace, features, capsys):  # noqa: F811
+    source = workspace / "source"
+    train(workspace, features, source, "--num-epochs", "1")
+    # lr 0 (so no weight decay either): the head stays exactly the one it started from
+    frozen = workspace / "from-source"
+    train(workspace, features, frozen, "--num-epochs", "1", "--init-from", str(source / "state_0"), "--lr", "0")
+    a, b = load_file(str(source / "state_0" / "model.safetensors")), load_file(str(frozen / "state_0" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(frozen)[0]["test/moe_top1"] == pytest.approx(metrics(source)[0]["test/moe_top1"], abs=1e-6)
+    assert f"initialised from {source / 'state_0'}" in capsys.readouterr().out
+
+    plain, budgeted = workspace / "plain", workspace / "budgeted"
+    train(workspace, features, plain, "--num-epochs", "1", "--init-from", str(source / "state_0"))
+    capsys.readouterr()
+    train(workspace, features, budgeted, "--num-epochs", "1", "--init-from", str(source / "state_0"),
+          "--time-budget", "0.5", "--threads", "1")
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("time budget 0.5 h at "))
+    steps = int(line.split("about ")[1].split(" steps")[0])
+    seconds = float(line.split(" at ")[1].split(" s per")[0])
+    assert seconds > 0 and steps == pytest.approx(1800 / seconds, rel=0.01) and "This run: 5 steps (1 epochs)" in line
+    a, b = load_file(str(plain / "state_0" / "model.safetensors")), load_file(str(budgeted / "state_0" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], load_file(str(source / "state_0" / "model.safetensors"))[k])
+                   for k in a if k.endswith("q_proj.weight"))  # and it did train
+    with pytest.raises(ValueError, match="does not match"):  # a dense head cannot start a MoE run
+        train(workspace, features, workspace / "bad", "--num-epochs", "1", "--arch", "eagle2",
+              "--init-from", str(source / "state_0"))
+
+
+@pytest.mark.parametrize("levers", [["--draft-vocab-size", "40", "--warm-start-layer"],
+                                    ["--draft-vocab-size", "40", "--init-from", "SOURCE"]])
+def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspace, features, monkeypatch, levers):  # noqa: F811
+    if "SOURCE" in levers:
+        source = workspace / "resume-source"
+        train(workspace, features, source, "--num-epochs", "1")
+        levers = [str(source / "state_0") if x == "SOURCE" else x for x in levers]
+    common = ["--num-epochs", "2", "--save-steps", "1", "--eval-steps", "2", *levers]
+    straight = workspace / f"lever-straight-{len(levers)}"
+    train(workspace, features, straight, *common)
+    resumed = workspace / f"lever-resumed-{len(levers)}"
+    real_loss, calls = train_module.compute_loss, []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        # epoch 0: 5 training batches, 2 mid-epoch and 1 final held-out evaluation (one batch each);
+        # epoch 1: its first batch, the evaluation at step 6, then the crash in the second batch
+        if len(calls) == 11:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(workspace, features, resumed, *common)
+    monkeypatch.setattr(train_module, "compute_loss", real_loss)
+    progress = json.load(open(resumed / "checkpoint" / "progress.json"))
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (1, 1, 6)
+    train(workspace, features, resumed, *common, "--resume")
+    a = load_file(str(straight / "state_1" / "model.safetensors"))
+    b = load_file(str(resumed / "state_1" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+    history = metrics(straight)
+    steps = [r["step"] for r in history]
+    assert steps == [2, 4, 5, 6, 8, 10]  # every 2 steps and at each epoch's end (once)
+    assert all(r["tokens"] > r["learned_tokens"] > 0 for r in history)
+    assert all(x["learned_tokens"] < y["learned_tokens"] for x, y in zip(history, history[1:]) if x["step"] < y["step"])
+    assert all(0 <= r["test/contrastive_top1"] <= 1 for r in history)
+    final = metrics(resumed)[-1]
+    assert final["tokens"] == history[-1]["tokens"] and final["learned_tokens"] == history[-1]["learned_tokens"]
