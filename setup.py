@@ -8,7 +8,9 @@ TEST_ONLY = {"pytest", "selenium", "ruff"}  # requirements.txt also installs wha
 
 def requirements() -> tuple[list[str], list[str]]:
     """requirements.txt split into (install requirements, test-only requirements)."""
-    lines = [line.split("#")[0].strip() for line in (HERE / "requirements.txt").read_text(encoding="utf-8").splitlines()]
+    lines = [
+        line.split("#")[0].strip() for line in (HERE / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    ]
     lines = [line for line in lines if line]
     name = lambda line: line.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()  # noqa: E731
     return [r for r in lines if name(r) not in TEST_ONLY], [r for r in lines if name(r) in TEST_ONLY]

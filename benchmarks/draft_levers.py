@@ -29,12 +29,25 @@ def main() -> None:
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[0, 4096, 8192])
     args = parser.parse_args()
     total, depth, top_k = args.tree
-    model = EaModel.from_pretrained(ea_model_path=args.ea_model_path, shipped_head=args.head, total_token=total,
-                                    depth=depth, top_k=top_k, draft_vocab_size=0, dtype=torch.float32)
+    model = EaModel.from_pretrained(
+        ea_model_path=args.ea_model_path,
+        shipped_head=args.head,
+        total_token=total,
+        depth=depth,
+        top_k=top_k,
+        draft_vocab_size=0,
+        dtype=torch.float32,
+    )
     tok = model.tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True)["input_ids"]
-               for q in load_questions(None, 0, args.questions)]
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": q["turns"][0]}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        for q in load_questions(None, 0, args.questions)
+    ]
     spent = timed_drafting(model)
     settings = [(size, dtype) for dtype in (torch.float32, torch.bfloat16) for size in args.vocab_sizes]
     stats = {s: [0, 0, 0.0, 0.0] for s in settings}  # tokens, steps, seconds, drafting seconds
@@ -55,8 +68,10 @@ def main() -> None:
     print("| draft vocab | draft dtype | τ | draft ms/step | verify+rest ms/step | tokens/s |")
     print("|---|---|---|---|---|---|")
     for (size, dtype), (tokens, steps, seconds, drafting) in stats.items():
-        print(f"| {size or 'full'} | {str(dtype).split('.')[-1]} | {tokens / steps:.2f} | {1000 * drafting / steps:.1f} | "
-              f"{1000 * (seconds - drafting) / steps:.1f} | {tokens / seconds:.1f} |")
+        print(
+            f"| {size or 'full'} | {str(dtype).split('.')[-1]} | {tokens / steps:.2f} | {1000 * drafting / steps:.1f} | "
+            f"{1000 * (seconds - drafting) / steps:.1f} | {tokens / seconds:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,21 +16,47 @@ import os
 import subprocess
 import sys
 
-COMMON = ["--arch", "jakiro", "--bs", "4", "--max-len", "512", "--test-fraction", "0.1", "--rollout-steps", "2",
-          "--warmup-steps", "20", "--save-steps", "20", "--save-dtype", "float32", "--threads", "1", "--seed", "0"]
+COMMON = [
+    "--arch",
+    "jakiro",
+    "--bs",
+    "4",
+    "--max-len",
+    "512",
+    "--test-fraction",
+    "0.1",
+    "--rollout-steps",
+    "2",
+    "--warmup-steps",
+    "20",
+    "--save-steps",
+    "20",
+    "--save-dtype",
+    "float32",
+    "--threads",
+    "1",
+    "--seed",
+    "0",
+]
 RUNS = {  # name -> (description, extra flags)
     "baseline": ("current recipe: full vocabulary, lr 3e-4, random init", ["--lr", "3e-4"]),
     "dv8k": ("draft-vocabulary loss K=8192, lr 3e-4", ["--lr", "3e-4", "--draft-vocab-size", "8192"]),
     # the first warm start (commit 6d69cd1) added the layer's updates, sized for SmolLM2's residual stream
     # (RMS 29), to features of RMS 1.8; stopped after 52 steps. Kept for the plot; rerunning it needs that commit.
-    "dv8k-warm-unscaled": ("K=8192 + warm start without the residual rescaling, lr 3e-4",
-                           ["--lr", "3e-4", "--draft-vocab-size", "8192", "--warm-start-layer"]),
-    "dv8k-warm": ("K=8192 + warm start from the last base layer, lr 3e-4",
-                  ["--lr", "3e-4", "--draft-vocab-size", "8192", "--warm-start-layer"]),
+    "dv8k-warm-unscaled": (
+        "K=8192 + warm start without the residual rescaling, lr 3e-4",
+        ["--lr", "3e-4", "--draft-vocab-size", "8192", "--warm-start-layer"],
+    ),
+    "dv8k-warm": (
+        "K=8192 + warm start from the last base layer, lr 3e-4",
+        ["--lr", "3e-4", "--draft-vocab-size", "8192", "--warm-start-layer"],
+    ),
     "dv8k-lr1e-3": ("K=8192, lr 1e-3", ["--lr", "1e-3", "--draft-vocab-size", "8192"]),
     "dv8k-lr1e-4": ("K=8192, lr 1e-4", ["--lr", "1e-4", "--draft-vocab-size", "8192"]),
-    "dv8k-warm-lr1e-3": ("K=8192 + warm start, lr 1e-3",
-                         ["--lr", "1e-3", "--draft-vocab-size", "8192", "--warm-start-layer"]),
+    "dv8k-warm-lr1e-3": (
+        "K=8192 + warm start, lr 1e-3",
+        ["--lr", "1e-3", "--draft-vocab-size", "8192", "--warm-start-layer"],
+    ),
     "dv16k": ("draft-vocabulary loss K=16384, lr 3e-4", ["--lr", "3e-4", "--draft-vocab-size", "16384"]),
 }
 
@@ -60,12 +86,16 @@ def plot(names: list[str], out_dir: str, target: str) -> None:
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r["test/moe_top1"] for r in rows], marker="o", ms=3, label=name)
         axes[1].plot(steps, [r["test/contrastive_top1"] for r in rows], marker="o", ms=3, label=name)
-        axes[2].plot([r["train_seconds"] / 60 for r in rows], [r["test/moe_top1"] for r in rows], marker="o", ms=3,
-                     label=name)
+        axes[2].plot(
+            [r["train_seconds"] / 60 for r in rows], [r["test/moe_top1"] for r in rows], marker="o", ms=3, label=name
+        )
     axes[0].set(xlabel="optimizer steps (batch 4, max length 512)", ylabel="held-out top-1", title="MoE branch")
     axes[1].set(xlabel="optimizer steps", ylabel="held-out top-1", title="contrastive branch (token after next)")
-    axes[2].set(xlabel="training minutes (1 thread, AMD EPYC avx2, fp32)", ylabel="held-out top-1",
-                title="MoE branch against CPU time")
+    axes[2].set(
+        xlabel="training minutes (1 thread, AMD EPYC avx2, fp32)",
+        ylabel="held-out top-1",
+        title="MoE branch against CPU time",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -75,16 +105,21 @@ def plot(names: list[str], out_dir: str, target: str) -> None:
 
 
 def table(names: list[str], out_dir: str) -> str:
-    lines = ["| run | steps | learned tokens | train min | s/step | held-out top-1 MoE | contrastive | "
-             "chain tokens/step (2 steps) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | steps | learned tokens | train min | s/step | held-out top-1 MoE | contrastive | "
+        "chain tokens/step (2 steps) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         rows = history(os.path.join(out_dir, name))
         if not rows:
             continue
         r = rows[-1]
-        lines.append(f"| {name} | {r['step']} | {r['learned_tokens']:,} | {r['train_seconds'] / 60:.1f} | "
-                     f"{r['train_seconds'] / r['step']:.2f} | {r['test/moe_top1']:.3f} | "
-                     f"{r['test/contrastive_top1']:.3f} | {r['test/chain_tokens_per_step']:.2f} |")
+        lines.append(
+            f"| {name} | {r['step']} | {r['learned_tokens']:,} | {r['train_seconds'] / 60:.1f} | "
+            f"{r['train_seconds'] / r['step']:.2f} | {r['test/moe_top1']:.3f} | "
+            f"{r['test/contrastive_top1']:.3f} | {r['test/chain_tokens_per_step']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -104,9 +139,22 @@ def main() -> None:
         if os.path.isdir(os.path.join(folder, f"state_{args.epochs - 1}")):
             continue
         print(f"== {name}: {RUNS[name][0]}", flush=True)
-        command = [sys.executable, "-m", "jakiro.train.main", "--tmpdir", args.data, "--cpdir", folder,
-                   "--num-epochs", str(args.epochs), "--eval-steps", str(args.eval_steps), "--resume",
-                   *COMMON, *RUNS[name][1]]
+        command = [
+            sys.executable,
+            "-m",
+            "jakiro.train.main",
+            "--tmpdir",
+            args.data,
+            "--cpdir",
+            folder,
+            "--num-epochs",
+            str(args.epochs),
+            "--eval-steps",
+            str(args.eval_steps),
+            "--resume",
+            *COMMON,
+            *RUNS[name][1],
+        ]
         subprocess.run(command, check=True, env=env)
     plot(args.runs, args.out, args.plot)
     print(table(args.runs, args.out))

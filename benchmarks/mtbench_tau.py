@@ -25,8 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--questions", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--heads", nargs="+", default=["jakiro", "eagle2"],
-                        help="shipped head names, or NAME=FOLDER for any Jakiro/EAGLE-2 head folder")
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        default=["jakiro", "eagle2"],
+        help="shipped head names, or NAME=FOLDER for any Jakiro/EAGLE-2 head folder",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary (default: the head's)")
     parser.add_argument("--total-token", type=int, default=12)
@@ -37,17 +41,35 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     questions = load_questions(end=args.questions)
-    results = {"hardware": platform.processor() or platform.machine(), "dtype": "float32", "settings": vars(args), "heads": {}}
+    results = {
+        "hardware": platform.processor() or platform.machine(),
+        "dtype": "float32",
+        "settings": vars(args),
+        "heads": {},
+    }
     if os.path.isfile(args.out):  # keep the other heads' rows when measuring one head at a time
         results["heads"] = json.load(open(args.out)).get("heads", {})
     for kind in args.heads:
         kind, _, folder = kind.partition("=")
-        model = EaModel.from_pretrained(ea_model_path=folder or None, shipped_head=kind, total_token=args.total_token,
-                                        depth=args.depth, top_k=args.top_k, dtype=torch.float32,
-                                        draft_vocab_size=args.draft_vocab_size)
+        model = EaModel.from_pretrained(
+            ea_model_path=folder or None,
+            shipped_head=kind,
+            total_token=args.total_token,
+            depth=args.depth,
+            top_k=args.top_k,
+            dtype=torch.float32,
+            draft_vocab_size=args.draft_vocab_size,
+        )
         tok = model.tokenizer
-        prompts = [tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)["input_ids"] for q in questions]
+        prompts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": q["turns"][0]}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )["input_ids"]
+            for q in questions
+        ]
         model.eagenerate(prompts[0], max_new_tokens=16)
         model.naivegenerate(prompts[0], max_new_tokens=16)
         new = steps = identical = 0
@@ -66,8 +88,11 @@ def main() -> None:
             identical += int(torch.equal(out, ref))
         row = {"tau": new / steps, "tokens": new, "steps": steps, "spec_tok_s": new / spec_time}
         if not args.no_plain:
-            row.update(plain_tok_s=plain_new / plain_time, speedup=(new / spec_time) / (plain_new / plain_time),
-                       identical=f"{identical}/{len(prompts)}")
+            row.update(
+                plain_tok_s=plain_new / plain_time,
+                speedup=(new / spec_time) / (plain_new / plain_time),
+                identical=f"{identical}/{len(prompts)}",
+            )
         results["heads"][kind] = row
         print(kind, json.dumps(row), flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

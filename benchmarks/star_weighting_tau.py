@@ -32,12 +32,19 @@ def main() -> None:
     parser.add_argument("--tree-choices", default="mc_sim_7b_63")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     args = parser.parse_args()
-    model = EaModel.from_pretrained(args.base_model_path, args.ea_model_path, tree_choices=args.tree_choices,
-                                    dtype=torch.float32)
+    model = EaModel.from_pretrained(
+        args.base_model_path, args.ea_model_path, tree_choices=args.tree_choices, dtype=torch.float32
+    )
     tokenizer = model.tokenizer
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True,
-                                             return_tensors="pt", return_dict=True)["input_ids"]
-               for q in load_questions(end=args.questions)]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q["turns"][0]}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        for q in load_questions(end=args.questions)
+    ]
     for temperature in args.temperatures:
         outputs = {}
         for weighting in WEIGHTINGS:
@@ -46,11 +53,20 @@ def main() -> None:
             outputs[weighting] = []
             for number, ids in enumerate(prompts):
                 torch.manual_seed(number)
-                out, n, idx = model.eagenerate(ids, temperature=temperature, max_new_tokens=args.max_new_tokens, log=True)
+                out, n, idx = model.eagenerate(
+                    ids, temperature=temperature, max_new_tokens=args.max_new_tokens, log=True
+                )
                 new, steps = new + n, steps + idx + 1
                 outputs[weighting].append(out)
-            row = {"temperature": temperature, "expert_weighting": weighting, "tau": round(new / steps, 3),
-                   "tokens": new, "steps": steps, "questions": len(prompts), "tree_choices": args.tree_choices}
+            row = {
+                "temperature": temperature,
+                "expert_weighting": weighting,
+                "tau": round(new / steps, 3),
+                "tokens": new,
+                "steps": steps,
+                "questions": len(prompts),
+                "tree_choices": args.tree_choices,
+            }
             print(json.dumps(row), flush=True)
         if temperature == 0.0:
             same = sum(torch.equal(a, b) for a, b in zip(*outputs.values()))

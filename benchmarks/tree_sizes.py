@@ -26,9 +26,19 @@ TREES = [(4, 2, 2), (8, 3, 2), (12, 3, 3), (16, 4, 3), (24, 5, 4), (32, 5, 5), (
 def small_base(vocab: int = 8192):
     """A larger random model (512 hidden, 8 layers) where the forward pass, not Python, dominates."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
-                         tie_word_embeddings=False, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(30)
@@ -64,8 +74,16 @@ def run(name, base, vocab, new_tokens, prompts):
         # exclude the reference generate() calls made for the identity check from the timing
         spec_time = time.perf_counter() - start - sum(new for new, _, _ in stats) / generate_rate
         new = sum(s[0] for s in stats)
-        rows.append((name, f"{total_token}/{depth}/{top_k}", new / sum(s[1] for s in stats), new / spec_time,
-                     generate_rate, all(s[2] for s in stats)))
+        rows.append(
+            (
+                name,
+                f"{total_token}/{depth}/{top_k}",
+                new / sum(s[1] for s in stats),
+                new / spec_time,
+                generate_rate,
+                all(s[2] for s in stats),
+            )
+        )
     return rows
 
 
@@ -81,12 +99,16 @@ def main():
         rows += run("tiny (64 hidden, 2 layers, V=256)", tiny_base(eos=None), 256, args.new_tokens, args.prompts)
     if "small" in args.models:
         rows += run("small (512 hidden, 8 layers, V=8192)", small_base(), 8192, args.new_tokens, args.prompts)
-    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"float32, greedy, {args.new_tokens} new tokens x {args.prompts} prompts\n")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"float32, greedy, {args.new_tokens} new tokens x {args.prompts} prompts\n"
+    )
     print("| model | total_token/depth/top_k | tau | eagenerate tok/s | generate tok/s | ratio | identical |")
     print("|---|---|---|---|---|---|---|")
     for name, tree, tau, spec, gen, same in rows:
-        print(f"| {name} | {tree} | {tau:.2f} | {spec:.0f} | {gen:.0f} | {spec / gen:.2f}x | {'yes' if same else 'NO'} |")
+        print(
+            f"| {name} | {tree} | {tau:.2f} | {spec:.0f} | {gen:.0f} | {spec / gen:.2f}x | {'yes' if same else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load(args: argparse.Namespace):
     from .model.ea_model import EaModel
 
-    return EaModel.from_pretrained(args.base_model_path, args.ea_model_path, shipped_head=args.shipped_head,
-                                   dtype=getattr(torch, args.dtype), total_token=args.total_token,
-                                   depth=args.depth, top_k=args.top_k)
+    return EaModel.from_pretrained(
+        args.base_model_path,
+        args.ea_model_path,
+        shipped_head=args.shipped_head,
+        dtype=getattr(torch, args.dtype),
+        total_token=args.total_token,
+        depth=args.depth,
+        top_k=args.top_k,
+    )
 
 
 def timed(fn):
@@ -51,7 +57,9 @@ def main(argv=None) -> None:
     model = load(args)
     tokenizer = model.tokenizer
     messages = [{"role": "user", "content": args.prompt}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
     settings = dict(temperature=args.temperature, max_new_tokens=args.max_new_tokens, log=True)
     model.eagenerate(ids, **{**settings, "max_new_tokens": 4})  # warm-up
     (spec, new, idx), spec_time = timed(lambda: model.eagenerate(ids, **settings))
@@ -59,8 +67,10 @@ def main(argv=None) -> None:
     text = tokenizer.decode(spec[0, ids.shape[1] :], skip_special_tokens=True)
     print(f"\nprompt: {args.prompt}\nanswer: {text.strip()}\n")
     steps = idx + 1
-    print(f"speculative: {new} tokens in {steps} verification steps, tau = {acceptance_length(new, steps):.2f}, "
-          f"{new / spec_time:.1f} tokens/s")
+    print(
+        f"speculative: {new} tokens in {steps} verification steps, tau = {acceptance_length(new, steps):.2f}, "
+        f"{new / spec_time:.1f} tokens/s"
+    )
     print(f"plain      : {plain_new} tokens, {plain_new / plain_time:.1f} tokens/s")
     same = "identical" if args.temperature == 0 and torch.equal(spec, plain) else "not compared (sampling)"
     if args.temperature == 0 and not torch.equal(spec, plain):

@@ -63,8 +63,11 @@ def smollm2_path() -> str:
     return target
 
 
-SHIPPED_HEADS = {"jakiro": "smollm2-135m-instruct-jakiro", "eagle2": "smollm2-135m-instruct-eagle2",
-                 "jakiro_star": "smollm2-135m-instruct-jakiro-star"}
+SHIPPED_HEADS = {
+    "jakiro": "smollm2-135m-instruct-jakiro",
+    "eagle2": "smollm2-135m-instruct-eagle2",
+    "jakiro_star": "smollm2-135m-instruct-jakiro-star",
+}
 
 
 def shipped_head_path(kind: str = "jakiro") -> str:

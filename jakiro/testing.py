@@ -79,14 +79,22 @@ def tiny_base(
     elif family == "mistral":
         model = MistralForCausalLM(MistralConfig(**common, sliding_window=WINDOW))
     elif family == "mixtral_window":
-        model = MixtralForCausalLM(MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW))
+        model = MixtralForCausalLM(
+            MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW)
+        )
     elif family == "qwen2_window":  # layer 0 full attention, layer 1 sliding
-        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(**common, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)
+        )
     elif family == "gemma2":  # sliding/full alternating; attention soft-capping needs eager
         softcap = 50.0 if attn == "eager" else None
-        model = Gemma2ForCausalLM(Gemma2Config(**{**common, **gemma}, attn_logit_softcapping=softcap, final_logit_softcapping=30.0))
+        model = Gemma2ForCausalLM(
+            Gemma2Config(**{**common, **gemma}, attn_logit_softcapping=softcap, final_logit_softcapping=30.0)
+        )
     elif family == "gemma3":
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**{**common, **gemma}, layer_types=["sliding_attention", "full_attention"]))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(**{**common, **gemma}, layer_types=["sliding_attention", "full_attention"])
+        )
     elif family == "phi3":
         model = Phi3ForCausalLM(Phi3Config(**common, sliding_window=WINDOW))
     else:
@@ -118,9 +126,22 @@ def bigram_head(base, moe: bool = True, seed: int = 1, head_class: type[Model] =
     return head
 
 
-def tiny_ea_model(family="llama", attn="sdpa", moe=True, total_token=12, depth=3, top_k=3, eos=EOS, seed=0, vocab=VOCAB,
-                  logit_scale=30.0, embedding_scale=6.0):
-    base = tiny_base(family, attn, seed=seed, eos=eos, vocab=vocab, logit_scale=logit_scale, embedding_scale=embedding_scale)
+def tiny_ea_model(
+    family="llama",
+    attn="sdpa",
+    moe=True,
+    total_token=12,
+    depth=3,
+    top_k=3,
+    eos=EOS,
+    seed=0,
+    vocab=VOCAB,
+    logit_scale=30.0,
+    embedding_scale=6.0,
+):
+    base = tiny_base(
+        family, attn, seed=seed, eos=eos, vocab=vocab, logit_scale=logit_scale, embedding_scale=embedding_scale
+    )
     return EaModel(base, bigram_head(base, moe=moe), None, total_token=total_token, depth=depth, top_k=top_k)
 
 

@@ -28,7 +28,8 @@ class Variant:
     (``TreeSettings``); ``loss`` names the training objective (``"jakiro"``: MoE and contrastive
     branches; ``"eagle"``: one output); ``moe`` whether its default training config has experts;
     ``layout_marker`` is a checkpoint key only this variant's heads have, ``layout_name`` and
-    ``load_hint`` what a checkpoint error says when a head of this layout is loaded as another.
+    ``load_hint`` what a checkpoint error says when a head of this layout is loaded as another;
+    ``base_layer_init`` whether its layer can start from a base decoder layer (``--warm-start-layer``).
     """
 
     name: str
@@ -39,6 +40,7 @@ class Variant:
     layout_marker: str | None = None
     layout_name: str = ""
     load_hint: str = ""
+    base_layer_init: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class TreeSettings:
     def dynamic_shape(self) -> TreeShape:
         """The dynamic tree these settings describe (the reference's defaults 60/5/10 for unset values)."""
         if self.tree_choices is not None:
-            raise ValueError("tree_choices describes a static tree; this head drafts a dynamic tree: pass "
-                             "total_token, depth and top_k instead")
+            raise ValueError(
+                "tree_choices describes a static tree; this head drafts a dynamic tree: pass "
+                "total_token, depth and top_k instead"
+            )
         default = TreeShape()
         depth = default.depth if self.depth is None else self.depth
         branching = default.branching if self.top_k is None else self.top_k
@@ -125,12 +129,30 @@ def layout_of(keys) -> Variant | None:
 
 
 # Jakiro: the decoupled two-expert MoE head, dynamic tree with the hybrid last level.
-register(Variant("jakiro", Model, _dynamic_drafter, loss="jakiro", moe=True,
-                 layout_marker="layers.0.mlp_moe.experts.0.gate_proj.weight", layout_name="Jakiro",
-                 load_hint="load it with jakiro.model.ea_model.EaModel"))
+register(
+    Variant(
+        "jakiro",
+        Model,
+        _dynamic_drafter,
+        loss="jakiro",
+        moe=True,
+        layout_marker="layers.0.mlp_moe.experts.0.gate_proj.weight",
+        layout_name="Jakiro",
+        load_hint="load it with jakiro.model.ea_model.EaModel",
+    )
+)
 # EAGLE-2: the dense head (same class; a config without num_local_experts), dynamic tree.
-register(Variant("eagle2", Model, _dynamic_drafter, loss="eagle", moe=False,
-                 layout_marker="layers.0.mlp.gate_proj.weight", layout_name="dense EAGLE",
-                 load_hint="its config.json must not set num_local_experts"))
+register(
+    Variant(
+        "eagle2",
+        Model,
+        _dynamic_drafter,
+        loss="eagle",
+        moe=False,
+        layout_marker="layers.0.mlp.gate_proj.weight",
+        layout_name="dense EAGLE",
+        load_hint="its config.json must not set num_local_experts",
+    )
+)
 
 __all__ = ["TreeSettings", "Variant", "for_checkpoint", "for_head", "get", "layout_of", "register", "variants"]

@@ -20,7 +20,9 @@ def resolve_choices(tree_choices: str | Sequence[Sequence[int]]) -> Sequence[Seq
     """A ``*_choices`` list, looking names up in ``jakiro_star.model.choices``."""
     if isinstance(tree_choices, str):
         if tree_choices not in choices_module.NAMED_CHOICES:
-            raise ValueError(f"unknown tree_choices {tree_choices!r}; named trees: {sorted(choices_module.NAMED_CHOICES)}")
+            raise ValueError(
+                f"unknown tree_choices {tree_choices!r}; named trees: {sorted(choices_module.NAMED_CHOICES)}"
+            )
         return choices_module.NAMED_CHOICES[tree_choices]
     return tree_choices
 
@@ -35,9 +37,17 @@ def static_drafter(head: nn.Module, lm_head: nn.Module, tree: TreeSettings) -> S
     return StaticTreeDrafter(head, lm_head, StaticTree.from_choices(choices, vocab))
 
 
-VARIANT = Variant("jakiro_star", Model, static_drafter, loss="eagle", moe=True,
-                  layout_marker="layers.0.mlp_moe.experts.0.fc.weight", layout_name="Jakiro*",
-                  load_hint="load it with jakiro_star.model.ea_model.EaModel")
+VARIANT = Variant(
+    "jakiro_star",
+    Model,
+    static_drafter,
+    loss="eagle",
+    moe=True,
+    layout_marker="layers.0.mlp_moe.experts.0.fc.weight",
+    layout_name="Jakiro*",
+    load_hint="load it with jakiro_star.model.ea_model.EaModel",
+    base_layer_init=False,
+)  # its GELU experts have no base-model counterpart
 register(VARIANT)
 
 __all__ = ["DEFAULT_TREE", "VARIANT", "resolve_choices", "static_drafter"]

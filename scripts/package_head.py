@@ -57,10 +57,16 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2", "jakiro_star"])
     parser.add_argument("--max-len", type=int, default=1024)
-    parser.add_argument("--fill-ranking", default=None,
-                        help="a draft_vocab.safetensors whose tokens extend this head's ranking (after its own)")
-    parser.add_argument("--regenerated", action="store_true",
-                        help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)")
+    parser.add_argument(
+        "--fill-ranking",
+        default=None,
+        help="a draft_vocab.safetensors whose tokens extend this head's ranking (after its own)",
+    )
+    parser.add_argument(
+        "--regenerated",
+        action="store_true",
+        help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)",
+    )
     parser.add_argument("--tau-file", default=None)
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
@@ -77,19 +83,28 @@ def main() -> None:
     ranking_note = ""
     if args.fill_ranking:
         ranked = fill_ranking(os.path.join(dest, "draft_vocab.safetensors"), args.fill_ranking)
-        ranking_note = (f" The draft-vocabulary ranking (`draft_vocab.safetensors`) is this data's learned tokens by "
-                        f"frequency, extended by the ranking of the original ShareGPT replies to {ranked:,} tokens.")
+        ranking_note = (
+            f" The draft-vocabulary ranking (`draft_vocab.safetensors`) is this data's learned tokens by "
+            f"frequency, extended by the ranking of the original ShareGPT replies to {ranked:,} tokens."
+        )
     conversations, tokens, learned, scanned = data_stats(os.path.join(args.run, "data"))
     hours = sum(r.get("epoch_seconds", 0) for r in history) / 3600
     size_mb = os.path.getsize(os.path.join(dest, "model.safetensors")) / 2**20
     tau = None
     if args.tau_file and os.path.isfile(args.tau_file):
         tau = json.load(open(args.tau_file))["heads"].get(args.arch)
-    title = {"jakiro": "Jakiro (decoupled two-expert MoE, hybrid last step)", "eagle2": "EAGLE-2 (dense MLP)",
-             "jakiro_star": "Jakiro* (two GELU experts, static EAGLE-1 tree)"}[args.arch]
-    replies = ("the assistant replies replaced by SmolLM2's own greedy answers to the first user turn "
-               "(`--regenerate --regenerate-turns 1`, at most 256 tokens; self-distillation)" if args.regenerated
-               else "the original ShareGPT replies")
+    title = {
+        "jakiro": "Jakiro (decoupled two-expert MoE, hybrid last step)",
+        "eagle2": "EAGLE-2 (dense MLP)",
+        "jakiro_star": "Jakiro* (two GELU experts, static EAGLE-1 tree)",
+    }[args.arch]
+    replies = (
+        "the assistant replies replaced by SmolLM2's own greedy answers to the first user turn "
+        "(`--regenerate --regenerate-turns 1`, at most 256 tokens; self-distillation)"
+        if args.regenerated
+        else "the original ShareGPT replies"
+    )
+
     def chain(r: dict) -> str:
         return " / ".join("{:.2f}".format(r[f"test/{j}_acc"]) for j in range(5))
 
@@ -100,17 +115,22 @@ def main() -> None:
         f"| {r['epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "
         f"{branch(r, 'test/moe_top1')} | {branch(r, 'test/contrastive_top1')} | {chain(r)} | "
         f"{r['test/chain_tokens_per_step']:.2f} | {r.get('epoch_seconds', 0) / 60:.0f} |"
-        for r in history)
+        for r in history
+    )
     tau_text = "not measured yet"
     if tau:
         settings = json.load(open(args.tau_file))["settings"]
-        tau_text = (f"tau = {tau['tau']:.2f} tokens per verification step with `eagenerate` on the first "
-                    f"{settings['questions']} MT-bench first turns (greedy, fp32, {settings['max_new_tokens']} new tokens, "
-                    f"total_token/depth/top_k {settings['total_token']}/{settings['depth']}/{settings['top_k']}; "
-                    "`benchmarks/mtbench_tau.py`).")
+        tau_text = (
+            f"tau = {tau['tau']:.2f} tokens per verification step with `eagenerate` on the first "
+            f"{settings['questions']} MT-bench first turns (greedy, fp32, {settings['max_new_tokens']} new tokens, "
+            f"total_token/depth/top_k {settings['total_token']}/{settings['depth']}/{settings['top_k']}; "
+            "`benchmarks/mtbench_tau.py`)."
+        )
         if "speedup" in tau:
-            tau_text += (f" {tau['spec_tok_s']:.1f} tokens/s versus {tau['plain_tok_s']:.1f} for plain decoding "
-                         f"({tau['speedup']:.2f}x); outputs identical for {tau['identical']} prompts.")
+            tau_text += (
+                f" {tau['spec_tok_s']:.1f} tokens/s versus {tau['plain_tok_s']:.1f} for plain decoding "
+                f"({tau['speedup']:.2f}x); outputs identical for {tau['identical']} prompts."
+            )
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
 {title} draft head for `SmolLM2-135M-Instruct` (the embedded base model), trained with this

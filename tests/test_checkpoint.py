@@ -42,8 +42,15 @@ def draft_copy(saved, tmp_path, state_transform=None, as_bin=False):
 
 def load(saved, folder, **kw):
     root = saved[0]
-    return EaModel.from_pretrained(base_model_path=str(root / "base"), ea_model_path=str(folder),
-                                   total_token=12, depth=3, top_k=3, dtype=torch.float32, **kw)
+    return EaModel.from_pretrained(
+        base_model_path=str(root / "base"),
+        ea_model_path=str(folder),
+        total_token=12,
+        depth=3,
+        top_k=3,
+        dtype=torch.float32,
+        **kw,
+    )
 
 
 def test_round_trip_generates_like_the_in_memory_model(saved):
@@ -76,10 +83,22 @@ def test_embedding_in_checkpoint_overrides_the_base(saved, tmp_path):
 @pytest.mark.parametrize(
     "transform, message",
     [
-        (lambda s: {k: v for k, v in s.items() if k != "fc.weight"}, r"missing key fc.weight \(expected shape \[64, 128\]\)"),
-        (lambda s: {**s, "layers.0.mlp.gate_proj.weight": torch.zeros(3, 3)}, "unexpected key layers.0.mlp.gate_proj.weight"),
-        (lambda s: {**s, "fc.weight": torch.zeros(64, 100)}, r"fc.weight: checkpoint shape \[64, 100\], model expects \[64, 128\]"),
-        (lambda s: {**s, "embed_tokens.weight": torch.zeros(10, 64)}, r"embed_tokens.weight: checkpoint shape \[10, 64\]"),
+        (
+            lambda s: {k: v for k, v in s.items() if k != "fc.weight"},
+            r"missing key fc.weight \(expected shape \[64, 128\]\)",
+        ),
+        (
+            lambda s: {**s, "layers.0.mlp.gate_proj.weight": torch.zeros(3, 3)},
+            "unexpected key layers.0.mlp.gate_proj.weight",
+        ),
+        (
+            lambda s: {**s, "fc.weight": torch.zeros(64, 100)},
+            r"fc.weight: checkpoint shape \[64, 100\], model expects \[64, 128\]",
+        ),
+        (
+            lambda s: {**s, "embed_tokens.weight": torch.zeros(10, 64)},
+            r"embed_tokens.weight: checkpoint shape \[10, 64\]",
+        ),
     ],
 )
 def test_mismatched_checkpoints_are_rejected_by_name(saved, tmp_path, transform, message):

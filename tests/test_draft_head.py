@@ -11,14 +11,34 @@ from jakiro.model.cnets import LlamaMLP, MixtralSparseMoeBlock, MixtralSparseMoe
 from jakiro.model.configs import EConfig
 
 VICUNA_7B = {
-    "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
-    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 2048,
-    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 1, "pad_token_id": 0,
-    "rms_norm_eps": 1e-06, "tie_word_embeddings": False, "torch_dtype": "float16", "vocab_size": 32000,
-    "num_local_experts": 2, "num_experts_per_tok": 2,
+    "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 2048,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 1,
+    "pad_token_id": 0,
+    "rms_norm_eps": 1e-06,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "vocab_size": 32000,
+    "num_local_experts": 2,
+    "num_experts_per_tok": 2,
 }
-LLAMA3_8B = {**VICUNA_7B, "num_key_value_heads": 8, "vocab_size": 128256, "intermediate_size": 14336,
-             "rope_theta": 500000.0, "bias": False, "rms_norm_eps": 1e-05}
+LLAMA3_8B = {
+    **VICUNA_7B,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "intermediate_size": 14336,
+    "rope_theta": 500000.0,
+    "bias": False,
+    "rms_norm_eps": 1e-05,
+}
 
 
 def meta_head(config: dict) -> Model:
@@ -33,10 +53,14 @@ def shapes(model: Model) -> dict:
 def test_vicuna_7b_keys_and_shapes_match_released_checkpoints():
     H = 4096
     expected = {
-        "fc.weight": [H, 2 * H], "fc.bias": [H],
-        "layers.0.self_attn.q_proj.weight": [H, H], "layers.0.self_attn.k_proj.weight": [H, H],
-        "layers.0.self_attn.v_proj.weight": [H, H], "layers.0.self_attn.o_proj.weight": [H, H],
-        "layers.0.post_attention_layernorm.weight": [H], "layers.0.mlp_moe.gate.weight": [4, H],
+        "fc.weight": [H, 2 * H],
+        "fc.bias": [H],
+        "layers.0.self_attn.q_proj.weight": [H, H],
+        "layers.0.self_attn.k_proj.weight": [H, H],
+        "layers.0.self_attn.v_proj.weight": [H, H],
+        "layers.0.self_attn.o_proj.weight": [H, H],
+        "layers.0.post_attention_layernorm.weight": [H],
+        "layers.0.mlp_moe.gate.weight": [4, H],
     }
     for e in (0, 1):
         for proj in ("gate_proj", "up_proj", "down_proj"):
@@ -94,8 +118,16 @@ def test_config_file_errors(tmp_path):
 
 
 def small_config(**extra) -> EConfig:
-    return EConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_attention_heads=4,
-                   num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=2, **extra)
+    return EConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+        num_experts_per_tok=2,
+        **extra,
+    )
 
 
 def test_moe_block_branches_follow_the_definition():
@@ -161,8 +193,13 @@ def test_linear_rope_scaling_divides_positions():
 ROPE_SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
 }
 
@@ -173,9 +210,18 @@ def test_draft_rope_follows_the_base_models_scaling(kind, tmp_path):
     rotates exactly like the base model (positions past the original length included)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                        rope_parameters={**ROPE_SCALINGS[kind], "rope_theta": 50000.0}))
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            rope_parameters={**ROPE_SCALINGS[kind], "rope_theta": 50000.0},
+        )
+    )
     config = EConfig.from_base_config(base.config)
     assert config.rope_scaling["rope_type"] == kind and config.rope_theta == 50000.0
     config.save_pretrained(tmp_path)
@@ -199,7 +245,9 @@ def test_rope_parameters_of_transformers_5_configs_are_read(tmp_path):
 TRAIN_CONFIGS = Path(jakiro.train.__file__).parent
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in TRAIN_CONFIGS.glob("*_config.json") if p.name != "ds_config.json"))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in TRAIN_CONFIGS.glob("*_config.json") if p.name != "ds_config.json")
+)
 def test_shipped_training_configs_build(name):
     config = EConfig.from_pretrained(TRAIN_CONFIGS / name)
     head = meta_head(vars(config))

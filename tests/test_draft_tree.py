@@ -25,8 +25,9 @@ def draft(head, base, total_tokens, depth, top_k, seed=0, hybrid=True):
         features = base(ids, output_hidden_states=True).hidden_states[-1]
     root = torch.tensor([[7]])
     head.reset_kv(256)
-    return grow_tree(head, TreeShape(total_tokens + 1, depth, top_k), features, torch.cat((ids, root), 1), base.lm_head,
-                     hybrid)
+    return grow_tree(
+        head, TreeShape(total_tokens + 1, depth, top_k), features, torch.cat((ids, root), 1), base.lm_head, hybrid
+    )
 
 
 def predicted(head, base, token: int, k: int) -> set[int]:

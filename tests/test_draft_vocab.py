@@ -46,8 +46,10 @@ def test_sub_vocabulary_drafts_only_its_tokens_and_output_is_unchanged():
 
 def test_token_ranking_counts_learned_tokens(tmp_path):
     for i, (ids, mask) in enumerate([([5, 7, 7, 9], [0, 1, 1, 1]), ([7, 5, 5, 3, 11], [1, 1, 1, 0, 0])]):
-        save_file({"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(mask),
-                   "hidden_state": torch.zeros(len(ids), 2)}, str(tmp_path / f"data_{i}.safetensors"))
+        save_file(
+            {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(mask), "hidden_state": torch.zeros(len(ids), 2)},
+            str(tmp_path / f"data_{i}.safetensors"),
+        )
     files = sorted(str(p) for p in tmp_path.iterdir())
     tokens, counts = token_ranking(files)
     assert tokens.tolist() == [7, 5, 9] and counts.tolist() == [3, 2, 1]
@@ -76,7 +78,9 @@ def test_bfloat16_draft_head_keeps_the_output():
     model.draft_vocab_ranking = torch.arange(VOCAB)
     model.set_draft_vocab_size(VOCAB // 2)
     model.set_draft_dtype(torch.bfloat16)
-    assert model.ea_layer.fc.weight.dtype == torch.bfloat16 and model.ea_layer.draft_lm_head.weight.dtype == torch.bfloat16
+    assert (
+        model.ea_layer.fc.weight.dtype == torch.bfloat16 and model.ea_layer.draft_lm_head.weight.dtype == torch.bfloat16
+    )
     assert model.base_model.dtype == torch.float32
     identical, tau = greedy_runs(model)
     assert identical == 4 and tau > 1

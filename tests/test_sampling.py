@@ -56,7 +56,11 @@ def chi_square_p_value(counts: torch.Tensor, expected: torch.Tensor) -> tuple[fl
     obs, exp = obs[keep], exp[keep]
     stat = float(((obs - exp) ** 2 / exp).sum())
     df = obs.numel() - 1
-    p = float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
+    p = float(
+        torch.special.gammaincc(
+            torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)
+        )
+    )
     return stat, p, df
 
 

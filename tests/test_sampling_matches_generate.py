@@ -39,15 +39,18 @@ def sample_generate(model, ids, eos, n) -> list[tuple[int, ...]]:
     out = []
     for start in range(0, n, 500):
         batch = ids.expand(min(500, n - start), -1)
-        generated = model.base_model.generate(batch, attention_mask=torch.ones_like(batch), do_sample=True,
-                                              max_new_tokens=NEW_TOKENS, **SETTINGS)
-        out += [outcome(row[ids.shape[1]:].tolist(), eos) for row in generated]
+        generated = model.base_model.generate(
+            batch, attention_mask=torch.ones_like(batch), do_sample=True, max_new_tokens=NEW_TOKENS, **SETTINGS
+        )
+        out += [outcome(row[ids.shape[1] :].tolist(), eos) for row in generated]
     return out
 
 
 def sample_eagenerate(model, ids, eos, n) -> list[tuple[int, ...]]:
-    return [outcome(model.eagenerate(ids, max_new_tokens=NEW_TOKENS, **SETTINGS)[0, ids.shape[1]:].tolist(), eos)
-            for _ in range(n)]
+    return [
+        outcome(model.eagenerate(ids, max_new_tokens=NEW_TOKENS, **SETTINGS)[0, ids.shape[1] :].tolist(), eos)
+        for _ in range(n)
+    ]
 
 
 def homogeneity_p_value(a: list, b: list) -> tuple[float, int]:
@@ -63,7 +66,11 @@ def homogeneity_p_value(a: list, b: list) -> tuple[float, int]:
     count_a, count_b = count_a[keep], count_b[keep]
     stat = float(((count_a - count_b) ** 2 / (count_a + count_b)).sum())
     df = count_a.numel() - 1
-    p = float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
+    p = float(
+        torch.special.gammaincc(
+            torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)
+        )
+    )
     return p, df
 
 
@@ -80,7 +87,9 @@ def test_eagenerate_samples_like_generate_with_top_k_top_p_and_eos():
 
 def test_negative_control_top_p_before_top_k_is_caught(monkeypatch):
     def reference_order(temperature=0.0, top_p=0.0, top_k=0):
-        return LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p), TopKLogitsWarper(top_k)])
+        return LogitsProcessorList(
+            [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p), TopKLogitsWarper(top_k)]
+        )
 
     model, ids, eos = make_model()
     reference = sample_generate(model, ids, eos, SAMPLES)

@@ -25,8 +25,9 @@ def test_shipped_head_is_small_and_lossless(kind):
     assert model.draft_vocab_size == 8192  # the ranked sub-vocabulary is on by default
     tokens = steps = 0
     for text in PROMPTS:
-        ids = model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                  return_tensors="pt", return_dict=True)["input_ids"]
+        ids = model.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         reference = model.base_model.generate(ids, max_new_tokens=48, do_sample=False)
         out, new, idx = model.eagenerate(ids, max_new_tokens=48, log=True)
         assert torch.equal(out, reference)

@@ -16,7 +16,9 @@ def test_speculative_greedy_equals_generate_on_smollm2():
     head = build_head(EConfig.from_base_config(base.config), base)
     model = EaModel(base, head, tokenizer, total_token=8, depth=2, top_k=3)
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
     reference = base.generate(ids, max_new_tokens=24, do_sample=False)
     out = model.eagenerate(ids, max_new_tokens=24)
     assert out.tolist() == reference.tolist()

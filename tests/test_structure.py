@@ -16,18 +16,25 @@ JAKIRO_SOURCE = Path(jakiro.__file__).parent
 
 
 def test_jakiro_never_imports_jakiro_star():
-    offenders = [str(path.relative_to(JAKIRO_SOURCE)) for path in JAKIRO_SOURCE.rglob("*.py")
-                 if "import jakiro_star" in path.read_text() or "from jakiro_star" in path.read_text()]
+    offenders = [
+        str(path.relative_to(JAKIRO_SOURCE))
+        for path in JAKIRO_SOURCE.rglob("*.py")
+        if "import jakiro_star" in path.read_text() or "from jakiro_star" in path.read_text()
+    ]
     assert offenders == []
 
 
 def test_variants_come_from_the_registry_and_entry_points():
     """A fresh interpreter finds jakiro_star's variant through the entry point, without importing it first."""
-    code = ("import sys, jakiro.variants as v; assert 'jakiro_star' not in sys.modules; "
-            "print(sorted(v.variants())); print(v.get('jakiro_star').head_class.__module__)")
+    code = (
+        "import sys, jakiro.variants as v; assert 'jakiro_star' not in sys.modules; "
+        "print(sorted(v.variants())); print(v.get('jakiro_star').head_class.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "['eagle2', 'jakiro', 'jakiro_star']" and out[1] == "jakiro_star.model.cnets"
-    with pytest.raises(KeyError, match=r"unknown draft-head variant 'medusa'; known: \['eagle2', 'jakiro', 'jakiro_star'\]"):
+    with pytest.raises(
+        KeyError, match=r"unknown draft-head variant 'medusa'; known: \['eagle2', 'jakiro', 'jakiro_star'\]"
+    ):
         variants.get("medusa")
 
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 import jakiro.train.main as train_module
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
-from jakiro.train.main import DraftVocab, branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
+from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
 
 
@@ -46,8 +46,10 @@ def test_draft_vocab_loss_is_the_cross_entropy_renormalised_over_the_k_tokens():
     guess = ranking[:k][logq.argmax(-1)]
     exact = branch_terms(predict, target, mask, head, vocab=vocab, exact=True)
     assert int(exact["top1"]) == int((guess == full_choice).sum())
-    assert branch_terms(predict, target, mask, head, vocab=draft_vocab(head, ranking, 0))["ploss"] == \
-        branch_terms(predict, target, mask, head)["ploss"]  # 0: the full vocabulary
+    assert (
+        branch_terms(predict, target, mask, head, vocab=draft_vocab(head, ranking, 0))["ploss"]
+        == branch_terms(predict, target, mask, head)["ploss"]
+    )  # 0: the full vocabulary
     assert draft_vocab(head, ranking, vocab_size).ids is None
 
 
@@ -79,7 +81,9 @@ def test_warm_started_head_is_the_base_layer_applied_to_the_features(workspace, 
     layer, final_norm = base.model.layers[0], base.model.norm.weight
     residual = 7.0  # RMS of the residual stream entering the layer
     warm_start(head, layer, final_norm, residual)
-    assert torch.equal(head.fc.weight[:, :64], torch.zeros(64, 64)) and torch.equal(head.fc.weight[:, 64:], torch.eye(64))
+    assert torch.equal(head.fc.weight[:, :64], torch.zeros(64, 64)) and torch.equal(
+        head.fc.weight[:, 64:], torch.eye(64)
+    )
 
     scale = feature_scale(final_norm)
     feats = torch.randn(1, 7, 64)
@@ -89,8 +93,12 @@ def test_warm_started_head_is_the_base_layer_applied_to_the_features(workspace, 
     mask = torch.full((7, 7), torch.finfo(torch.float32).min).triu(1)[None, None]
     up = residual / scale  # the head is the base layer on features scaled up to the residual stream, scaled back
     with torch.no_grad():
-        expected = layer(feats * up, attention_mask=mask, position_ids=positions,
-                         position_embeddings=base.model.rotary_emb(feats, positions))
+        expected = layer(
+            feats * up,
+            attention_mask=mask,
+            position_ids=positions,
+            position_embeddings=base.model.rotary_emb(feats, positions),
+        )
         expected = (expected[0] if isinstance(expected, tuple) else expected) / up
         out = head(feats, ids)
     assert out.shape == expected.shape  # the MoE branch alone at inference
@@ -109,11 +117,13 @@ def test_warm_started_head_is_the_base_layer_applied_to_the_features(workspace, 
 
 def test_bad_lever_flags_are_rejected(capsys):
     base = ["--tmpdir", "d", "--cpdir", "c"]
-    for extra, message in ((["--draft-vocab-size", "-1"], "--draft-vocab-size must be >= 0"),
-                           (["--warm-start-layer", "--init-from", "x"], "pass one"),
-                           (["--warm-start-layer", "--arch", "jakiro_star"], "supports --arch jakiro and eagle2"),
-                           (["--init-from", "/nonexistent/head"], "not a folder"),
-                           (["--eval-steps", "-2"], "--eval-steps must be >= 0")):
+    for extra, message in (
+        (["--draft-vocab-size", "-1"], "--draft-vocab-size must be >= 0"),
+        (["--warm-start-layer", "--init-from", "x"], "pass one"),
+        (["--warm-start-layer", "--arch", "jakiro_star"], "does not apply to --arch jakiro_star"),
+        (["--init-from", "/nonexistent/head"], "not a folder"),
+        (["--eval-steps", "-2"], "--eval-steps must be >= 0"),
+    ):
         with pytest.raises(SystemExit):
             train_module.parse_args(base + extra)
         assert message in capsys.readouterr().err
@@ -122,13 +132,17 @@ def test_bad_lever_flags_are_rejected(capsys):
 
 
 def test_init_from_starts_at_the_given_head_and_budget_projection_leaves_training_unchanged(
-        workspace, features, capsys):  # noqa: F811
+    workspace, features, capsys
+):
     source = workspace / "source"
     train(workspace, features, source, "--num-epochs", "1")
     # lr 0 (so no weight decay either): the head stays exactly the one it started from
     frozen = workspace / "from-source"
     train(workspace, features, frozen, "--num-epochs", "1", "--init-from", str(source / "state_0"), "--lr", "0")
-    a, b = load_file(str(source / "state_0" / "model.safetensors")), load_file(str(frozen / "state_0" / "model.safetensors"))
+    a, b = (
+        load_file(str(source / "state_0" / "model.safetensors")),
+        load_file(str(frozen / "state_0" / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert metrics(frozen)[0]["test/moe_top1"] == pytest.approx(metrics(source)[0]["test/moe_top1"], abs=1e-6)
     assert f"initialised from {source / 'state_0'}" in capsys.readouterr().out
@@ -136,24 +150,52 @@ def test_init_from_starts_at_the_given_head_and_budget_projection_leaves_trainin
     plain, budgeted = workspace / "plain", workspace / "budgeted"
     train(workspace, features, plain, "--num-epochs", "1", "--init-from", str(source / "state_0"))
     capsys.readouterr()
-    train(workspace, features, budgeted, "--num-epochs", "1", "--init-from", str(source / "state_0"),
-          "--time-budget", "0.5", "--threads", "1")
+    train(
+        workspace,
+        features,
+        budgeted,
+        "--num-epochs",
+        "1",
+        "--init-from",
+        str(source / "state_0"),
+        "--time-budget",
+        "0.5",
+        "--threads",
+        "1",
+    )
     printed = capsys.readouterr().out
     line = next(x for x in printed.splitlines() if x.startswith("time budget 0.5 h at "))
     steps = int(line.split("about ")[1].split(" steps")[0])
     seconds = float(line.split(" at ")[1].split(" s per")[0])
     assert seconds > 0 and steps == pytest.approx(1800 / seconds, rel=0.01) and "This run: 5 steps (1 epochs)" in line
-    a, b = load_file(str(plain / "state_0" / "model.safetensors")), load_file(str(budgeted / "state_0" / "model.safetensors"))
+    a, b = (
+        load_file(str(plain / "state_0" / "model.safetensors")),
+        load_file(str(budgeted / "state_0" / "model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not any(torch.equal(a[k], load_file(str(source / "state_0" / "model.safetensors"))[k])
-                   for k in a if k.endswith("q_proj.weight"))  # and it did train
+    assert not any(
+        torch.equal(a[k], load_file(str(source / "state_0" / "model.safetensors"))[k])
+        for k in a
+        if k.endswith("q_proj.weight")
+    )  # and it did train
     with pytest.raises(ValueError, match="does not match"):  # a dense head cannot start a MoE run
-        train(workspace, features, workspace / "bad", "--num-epochs", "1", "--arch", "eagle2",
-              "--init-from", str(source / "state_0"))
+        train(
+            workspace,
+            features,
+            workspace / "bad",
+            "--num-epochs",
+            "1",
+            "--arch",
+            "eagle2",
+            "--init-from",
+            str(source / "state_0"),
+        )
 
 
-@pytest.mark.parametrize("levers", [["--draft-vocab-size", "40", "--warm-start-layer"],
-                                    ["--draft-vocab-size", "40", "--init-from", "SOURCE"]])
+@pytest.mark.parametrize(
+    "levers",
+    [["--draft-vocab-size", "40", "--warm-start-layer"], ["--draft-vocab-size", "40", "--init-from", "SOURCE"]],
+)
 def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspace, features, monkeypatch, levers):  # noqa: F811
     if "SOURCE" in levers:
         source = workspace / "resume-source"

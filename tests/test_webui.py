@@ -79,11 +79,16 @@ def fastchat_prompt(name: str, messages: list[dict], system: str | None = None) 
 
 
 def test_model_types_pick_fastchat_and_chat_templates(model):
-    messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
-                {"role": "user", "content": "Name a fruit."}]
+    messages = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Name a fruit."},
+    ]
     tokenizer = model.tokenizer
     assert chat_prompt(template_for("vicuna", tokenizer), messages) == fastchat_prompt("vicuna", messages)
-    assert chat_prompt(template_for("llama2", tokenizer), messages) == fastchat_prompt("llama-2", messages, LLAMA2_SYSTEM)
+    assert chat_prompt(template_for("llama2", tokenizer), messages) == fastchat_prompt(
+        "llama-2", messages, LLAMA2_SYSTEM
+    )
     assert template_for("llama3", tokenizer) == template_for("auto", tokenizer) == "chat_template"
     no_template = SimpleNamespace(chat_template=None)
     assert template_for("llama3", no_template) == "llama3"
@@ -100,7 +105,7 @@ def test_stream_groups_tokens_by_verification_step(model):
     for jakiro in runner.stream(ids, True, max_new_tokens=16):
         seen.append((jakiro.new_tokens, len(jakiro.steps), jakiro.finished))
     reference, new_token, idx = model.eagenerate(torch.tensor([ids]), max_new_tokens=16, log=True)
-    assert jakiro.token_ids == reference[0, len(ids):].tolist() and jakiro.new_tokens == new_token
+    assert jakiro.token_ids == reference[0, len(ids) :].tolist() and jakiro.new_tokens == new_token
     assert [s[1] for s in seen[:-1]] == list(range(1, len(seen))) and seen[-1][2]  # one yield per forward, then done
     assert jakiro.verification_steps == idx + 1 and jakiro.tau == pytest.approx(new_token / (idx + 1))
     assert jakiro.steps[0].tokens == 1 and sum(step.tokens for step in jakiro.steps) == jakiro.new_tokens
@@ -140,7 +145,9 @@ def test_a_jakiro_star_model_serves_with_its_static_tree(model):
     from jakiro.embedded import shipped_head_path
     from jakiro_star.model.ea_model import EaModel as StarEaModel
 
-    star = StarEaModel.from_base(model.base_model, shipped_head_path("jakiro_star"), model.tokenizer, tree_choices="small_15")
+    star = StarEaModel.from_base(
+        model.base_model, shipped_head_path("jakiro_star"), model.tokenizer, tree_choices="small_15"
+    )
     assert star.tree_size_limits() == (15, 15)
     demo = build_demo(star, template_for("auto", star.tokenizer), max_new_tokens=16)
     address = launch(demo, port=free_port())
@@ -223,12 +230,19 @@ def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float) -> re
 def test_command_line_serves_the_embedded_model():
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "jakiro.application.webui", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jakiro.application.webui", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url = wait_for_line(process, r"Jakiro web UI running at (\S+)", timeout=120)[1]
         assert url.rstrip("/") == f"http://127.0.0.1:{port}"
-        chat, stats, status, _ = Client(url, verbose=False).predict(QUESTION, "jakiro", 0.0, 1.0, 0, 6, 12, api_name="/chat")
+        chat, stats, status, _ = Client(url, verbose=False).predict(
+            QUESTION, "jakiro", 0.0, 1.0, 0, 6, 12, api_name="/chat"
+        )
         assert len(chat) == 2 and status.startswith("**Done.**") and "Jakiro" in rows(stats)
     finally:
         process.terminate()

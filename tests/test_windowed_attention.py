@@ -66,25 +66,38 @@ def test_tree_mask_applies_the_window_to_prefix_and_tree_keys():
     # root (depth 0) -> a (1) -> b (2); 5 committed tokens; window 3: a query at position p sees p-2..p
     ancestors = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
     depths = torch.tensor([0, 1, 2])
-    masks = tree_attention_mask(AttentionPattern({"full_attention": None, "sliding_attention": 3}), 5, ancestors,
-                                depths, torch.float32, torch.device("cpu"))
+    masks = tree_attention_mask(
+        AttentionPattern({"full_attention": None, "sliding_attention": 3}),
+        5,
+        ancestors,
+        depths,
+        torch.float32,
+        torch.device("cpu"),
+    )
     seen = {k: (m[0, 0] == 0) for k, m in masks.items()}
-    assert seen["full_attention"].tolist() == [[True] * 5 + [True, False, False],
-                                              [True] * 5 + [True, True, False],
-                                              [True] * 5 + [True, True, True]]
+    assert seen["full_attention"].tolist() == [
+        [True] * 5 + [True, False, False],
+        [True] * 5 + [True, True, False],
+        [True] * 5 + [True, True, True],
+    ]
     # node b sits at position 7: keys 5 (root), 6 (a), 7 (itself); the prefix 0..4 is out of the window
-    assert seen["sliding_attention"].tolist() == [[False, False, False, True, True, True, False, False],
-                                                 [False, False, False, False, True, True, True, False],
-                                                 [False, False, False, False, False, True, True, True]]
+    assert seen["sliding_attention"].tolist() == [
+        [False, False, False, True, True, True, False, False],
+        [False, False, False, False, True, True, True, False],
+        [False, False, False, False, False, True, True, True],
+    ]
 
 
-@pytest.mark.parametrize("change, reason", [
-    (dict(layer_types=["full_attention", "chunked_attention"]), "chunked_attention"),
-    (dict(layer_types=["linear_attention", "full_attention"]), "linear_attention"),
-    (dict(attention_chunk_size=16), "chunked attention"),
-    (dict(use_bidirectional_attention=True), "bidirectional"),
-    (dict(layer_types=["sliding_attention", "full_attention"]), "no sliding_window"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (dict(layer_types=["full_attention", "chunked_attention"]), "chunked_attention"),
+        (dict(layer_types=["linear_attention", "full_attention"]), "linear_attention"),
+        (dict(attention_chunk_size=16), "chunked attention"),
+        (dict(use_bidirectional_attention=True), "bidirectional"),
+        (dict(layer_types=["sliding_attention", "full_attention"]), "no sliding_window"),
+    ],
+)
 def test_unverifiable_attention_is_refused_naming_the_model_type(change, reason):
     config = LlamaConfig(num_hidden_layers=2)
     for key, value in change.items():

@@ -29,7 +29,9 @@ def find_chromium() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if path is None]
     if missing:
-        raise BrowserMissing(f"{' and '.join(missing)} not found on PATH (Debian: apt-get install chromium chromium-driver)")
+        raise BrowserMissing(
+            f"{' and '.join(missing)} not found on PATH (Debian: apt-get install chromium chromium-driver)"
+        )
     return browser, driver
 
 
@@ -42,9 +44,17 @@ def headless_chromium(width: int = 1440, height: int = 1100) -> Iterator[Any]:
     browser, driver_path = find_chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
@@ -119,7 +129,9 @@ def stop_midway(driver: Any, text: str, timeout: float = 120) -> str:
 
     box = driver.find_element(By.CSS_SELECTOR, "#prompt textarea")
     box.send_keys(text, Keys.ENTER)
-    WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda _: re.search(r"Generating with .*: \d+ tokens", status_text(driver)))
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda _: re.search(r"Generating with .*: \d+ tokens", status_text(driver))
+    )
     driver.find_element(By.ID, "stop").click()
     return WebDriverWait(driver, 10).until(lambda _: status_text(driver).startswith("Stopped.") and status_text(driver))
 
@@ -155,8 +167,11 @@ def free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the embedded model on a free loopback port and save the README screenshot."""
-    parser = argparse.ArgumentParser(prog="python -m jakiro.application.browser", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jakiro.application.browser",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="docs/webui.png")
     parser.add_argument("--prompt", default="Give me three tips for staying focused while studying.")
     parser.add_argument("--max-new-tokens", type=int, default=96)

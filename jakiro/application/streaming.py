@@ -132,7 +132,9 @@ class ModelRunner:
     def total_token(self) -> int:
         return self.model.drafter.tree_size
 
-    def stream(self, input_ids: list[int], speculative: bool, total_token: int | None = None, **settings: Any) -> Iterator[Generation]:
+    def stream(
+        self, input_ids: list[int], speculative: bool, total_token: int | None = None, **settings: Any
+    ) -> Iterator[Generation]:
         """Yield the growing ``Generation`` after each forward, then once more when it is finished.
 
         ``settings`` go to ``ea_generate``/``naive_generate`` (temperature, top_p, top_k,

@@ -62,7 +62,9 @@ def template_for(model_type: str, tokenizer: Any) -> str:
     if model_type == "llama3" and not has_template:
         return "llama3"
     if model_type == "auto" and not has_template:
-        raise ValueError("--model-type auto needs a tokenizer with a chat template; pass --model-type vicuna, llama2 or llama3")
+        raise ValueError(
+            "--model-type auto needs a tokenizer with a chat template; pass --model-type vicuna, llama2 or llama3"
+        )
     return MODEL_TYPES[model_type]
 
 
@@ -115,8 +117,10 @@ def stats_markdown(runs: dict[str, Generation]) -> str:
     jakiro, plain = runs.get(JAKIRO), runs.get(PLAIN)
     if jakiro and plain and jakiro.finished and plain.finished and jakiro.tokens_per_second and plain.tokens_per_second:
         same = "yes" if jakiro.token_ids == plain.token_ids else "no"
-        rows.append(f"\nJakiro is **{jakiro.tokens_per_second / plain.tokens_per_second:.2f}×** the speed of plain "
-                    f"decoding on this prompt; same tokens: **{same}**.")
+        rows.append(
+            f"\nJakiro is **{jakiro.tokens_per_second / plain.tokens_per_second:.2f}×** the speed of plain "
+            f"decoding on this prompt; same tokens: **{same}**."
+        )
     return "\n".join(rows)
 
 
@@ -158,8 +162,17 @@ class WebUI:
             )
         return ids
 
-    def send(self, message: str, chat: Chat | None, mode: str, temperature: float, top_p: float, top_k: float,
-             max_new_tokens: float, total_token: float) -> Iterator[tuple]:
+    def send(
+        self,
+        message: str,
+        chat: Chat | None,
+        mode: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        total_token: float,
+    ) -> Iterator[tuple]:
         """Answer a new user message (outputs: chatbot, chat, stats, status, textbox)."""
         settings = (temperature, top_p, top_k, max_new_tokens, total_token)
         chat = chat or Chat()
@@ -178,8 +191,16 @@ class WebUI:
         chat.runs = {}
         yield from self._answer(chat, ids, mode, settings, message=text)
 
-    def regenerate(self, chat: Chat | None, mode: str, temperature: float, top_p: float, top_k: float,
-                   max_new_tokens: float, total_token: float) -> Iterator[tuple]:
+    def regenerate(
+        self,
+        chat: Chat | None,
+        mode: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        total_token: float,
+    ) -> Iterator[tuple]:
         """Answer the last user message again, with the chosen decoding (the other run's stats stay)."""
         settings = (temperature, top_p, top_k, max_new_tokens, total_token)
         chat = chat or Chat()
@@ -187,7 +208,13 @@ class WebUI:
         if messages and messages[-1]["role"] == "assistant":
             messages, shown = messages[:-1], shown[:-1]
         if not messages:
-            yield chat.shown, chat, stats_markdown(chat.runs), error_status("Nothing to regenerate: send a message first."), gr.skip()
+            yield (
+                chat.shown,
+                chat,
+                stats_markdown(chat.runs),
+                error_status("Nothing to regenerate: send a message first."),
+                gr.skip(),
+            )
             return
         try:
             ids = self.prompt(messages)
@@ -197,7 +224,9 @@ class WebUI:
         chat.messages, chat.shown = messages, shown
         yield from self._answer(chat, ids, mode, settings)
 
-    def _answer(self, chat: Chat, ids: list[int], mode: str, settings: tuple, message: str | None = None) -> Iterator[tuple]:
+    def _answer(
+        self, chat: Chat, ids: list[int], mode: str, settings: tuple, message: str | None = None
+    ) -> Iterator[tuple]:
         """Stream the answer into the chat; errors go to the status line.
 
         ``message``: the new user message this answers (None when regenerating). A request that
@@ -215,29 +244,40 @@ class WebUI:
             for generation in self.runner.stream(ids, mode == JAKIRO, **self._settings(*settings)):
                 answer["content"], shown["content"] = generation.text, answer_html(generation)
                 chat.runs[mode] = generation
-                status = (f"**{DONE}** {label}: {generation.new_tokens} new tokens in {generation.seconds:.2f} s."
-                          if generation.finished
-                          else f"**Generating** with {label}: {generation.new_tokens} tokens…")
+                status = (
+                    f"**{DONE}** {label}: {generation.new_tokens} new tokens in {generation.seconds:.2f} s."
+                    if generation.finished
+                    else f"**Generating** with {label}: {generation.new_tokens} tokens…"
+                )
                 yield chat.shown, chat, stats_markdown(chat.runs), status, box
         except Exception as error:  # one failed request must not take the server down
             if not isinstance(error, ValueError):
                 traceback.print_exc()
-            problem = str(error) if isinstance(error, ValueError) else f"Generation failed ({type(error).__name__}: {error})."
+            problem = (
+                str(error) if isinstance(error, ValueError) else f"Generation failed ({type(error).__name__}: {error})."
+            )
             if not answer["content"]:
                 turn = 1 if message is None else 2
                 chat.messages, chat.shown = chat.messages[:-turn], chat.shown[:-turn]
                 box = gr.skip() if message is None else message
             yield chat.shown, chat, stats_markdown(chat.runs), error_status(problem), box
 
-    def _settings(self, temperature: float, top_p: float, top_k: float, max_new_tokens: float, total_token: float) -> dict:
+    def _settings(
+        self, temperature: float, top_p: float, top_k: float, max_new_tokens: float, total_token: float
+    ) -> dict:
         """Slider values as ``ModelRunner.stream`` keyword arguments (numbers that must be integers are checked)."""
         integers = {"top_k": top_k, "max_new_tokens": max_new_tokens, "total_token": total_token}
         for name, value in integers.items():
             if value is None or float(value) != int(value):
                 raise ValueError(f"{name} must be a whole number, got {value!r}")
         return dict(
-            temperature=float(temperature), top_p=float(top_p), top_k=int(top_k), max_new_tokens=int(max_new_tokens),
-            total_token=int(total_token), max_length=self.context, is_llama3=self.is_llama3,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=int(top_k),
+            max_new_tokens=int(max_new_tokens),
+            total_token=int(total_token),
+            max_length=self.context,
+            is_llama3=self.is_llama3,
         )
 
     @staticmethod
@@ -274,25 +314,46 @@ def build_demo(model: Any, template: str, is_llama3: bool = False, max_new_token
                     clear = gr.Button("Clear", elem_id="clear")
                 gr.Markdown(LEGEND, elem_id="legend")
             with gr.Column(scale=2):
-                mode = gr.Radio([(label, key) for key, label in MODE_LABELS.items()], value=JAKIRO, label="Decoding",
-                                info="Regenerate reruns the last prompt with this decoding, for a side-by-side comparison.",
-                                elem_id="mode")
+                mode = gr.Radio(
+                    [(label, key) for key, label in MODE_LABELS.items()],
+                    value=JAKIRO,
+                    label="Decoding",
+                    info="Regenerate reruns the last prompt with this decoding, for a side-by-side comparison.",
+                    elem_id="mode",
+                )
                 stats = gr.Markdown(stats_markdown({}), elem_id="stats")
                 status = gr.Markdown("", elem_id="status")
-                temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="temperature", info="0: greedy, the same tokens as plain decoding")
+                temperature = gr.Slider(
+                    0, 2, value=0.0, step=0.05, label="temperature", info="0: greedy, the same tokens as plain decoding"
+                )
                 top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p", info="1: off")
                 top_k = gr.Slider(0, 200, value=0, step=1, label="top-k", info="0: off")
-                new_tokens = gr.Slider(1, 2048, value=max_new_tokens, step=1, label="max new tokens", elem_id="max-new-tokens")
+                new_tokens = gr.Slider(
+                    1, 2048, value=max_new_tokens, step=1, label="max new tokens", elem_id="max-new-tokens"
+                )
                 if low < high:
-                    total = gr.Slider(low, min(high, 256), value=ui.runner.total_token, step=1, label="total tokens",
-                                      info="draft tree size, root included")
+                    total = gr.Slider(
+                        low,
+                        min(high, 256),
+                        value=ui.runner.total_token,
+                        step=1,
+                        label="total tokens",
+                        info="draft tree size, root included",
+                    )
                 else:  # a static tree (Jakiro*) has one size
-                    total = gr.Number(value=low, precision=0, interactive=False, label="total tokens",
-                                      info="static draft tree size, root included")
+                    total = gr.Number(
+                        value=low,
+                        precision=0,
+                        interactive=False,
+                        label="total tokens",
+                        info="static draft tree size, root included",
+                    )
         settings = [mode, temperature, top_p, top_k, new_tokens, total]
         outputs = [chatbot, chat, stats, status, message]
         shared = dict(outputs=outputs, concurrency_limit=1, concurrency_id="model", show_progress="hidden")
-        sent = gr.on([message.submit, send.click], ui.send, inputs=[message, chat, *settings], api_name="chat", **shared)
+        sent = gr.on(
+            [message.submit, send.click], ui.send, inputs=[message, chat, *settings], api_name="chat", **shared
+        )
         redone = again.click(ui.regenerate, inputs=[chat, *settings], api_name="regenerate", **shared)
         stop.click(ui.stopped, outputs=status, cancels=[sent, redone], queue=False, api_visibility="private")
         clear.click(ui.clear, outputs=outputs, cancels=[sent, redone], api_name="clear", queue=False)
@@ -303,26 +364,52 @@ def build_demo(model: Any, template: str, is_llama3: bool = False, max_new_token
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> str:
     """Start serving ``demo`` without blocking; return the URL to open."""
     _, local_url, share_url = demo.launch(
-        server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, css=CSS,
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=True,
+        quiet=True,
+        css=CSS,
         footer_links=["api"],
     )
     return share_url or local_url
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jakiro.application.webui", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jakiro.application.webui",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--ea-model-path", "--ea_model_path", default=None, help="draft head folder or hub id")
     parser.add_argument("--base-model-path", "--base_model_path", default=None, help="base model folder or hub id")
-    parser.add_argument("--shipped-head", default="jakiro", choices=["jakiro", "eagle2"],
-                        help="which shipped SmolLM2 head to use when no --ea-model-path is given")
-    parser.add_argument("--model-type", "--model_type", default="auto", choices=sorted(MODEL_TYPES),
-                        help="prompt template: vicuna and llama2 as FastChat, llama3 and auto the tokenizer's chat template")
-    parser.add_argument("--total-token", "--total_token", type=int, default=None,
-                        help="draft tree nodes including the root (default 12 for the embedded model, else 60)")
+    parser.add_argument(
+        "--shipped-head",
+        default="jakiro",
+        choices=["jakiro", "eagle2"],
+        help="which shipped SmolLM2 head to use when no --ea-model-path is given",
+    )
+    parser.add_argument(
+        "--model-type",
+        "--model_type",
+        default="auto",
+        choices=sorted(MODEL_TYPES),
+        help="prompt template: vicuna and llama2 as FastChat, llama3 and auto the tokenizer's chat template",
+    )
+    parser.add_argument(
+        "--total-token",
+        "--total_token",
+        type=int,
+        default=None,
+        help="draft tree nodes including the root (default 12 for the embedded model, else 60)",
+    )
     parser.add_argument("--depth", type=int, default=None, help="draft depth (default 3 embedded, else 5)")
-    parser.add_argument("--top-k", "--top_k", type=int, default=None, help="draft branching (default 4 embedded, else 10)")
-    parser.add_argument("--max-new-tokens", "--max_new_token", type=int, default=256, help="initial max-new-tokens slider value")
+    parser.add_argument(
+        "--top-k", "--top_k", type=int, default=None, help="draft branching (default 4 embedded, else 10)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", "--max_new_token", type=int, default=256, help="initial max-new-tokens slider value"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves the network)")
     parser.add_argument("--port", type=int, default=7860)
@@ -336,11 +423,21 @@ def load_model(args: argparse.Namespace) -> Any:
 
     embedded = args.base_model_path is None and args.ea_model_path is None
     defaults = (12, 3, 4) if embedded else (60, 5, 10)
-    total_token, depth, top_k = (value if value is not None else default
-                                 for value, default in zip((args.total_token, args.depth, args.top_k), defaults))
+    total_token, depth, top_k = (
+        value if value is not None else default
+        for value, default in zip((args.total_token, args.depth, args.top_k), defaults)
+    )
     extra = {"device_map": "cuda"} if torch.cuda.is_available() else {}
-    return EaModel.from_pretrained(args.base_model_path, args.ea_model_path, total_token=total_token, depth=depth,
-                                   top_k=top_k, shipped_head=args.shipped_head, dtype=getattr(torch, args.dtype), **extra)
+    return EaModel.from_pretrained(
+        args.base_model_path,
+        args.ea_model_path,
+        total_token=total_token,
+        depth=depth,
+        top_k=top_k,
+        shipped_head=args.shipped_head,
+        dtype=getattr(torch, args.dtype),
+        **extra,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

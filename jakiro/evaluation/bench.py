@@ -123,9 +123,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary; default: the head's")
-    parser.add_argument("--draft-dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="dtype of the draft heads only (default: the base model's)")
-    parser.add_argument("--tree-choices", default="small_15", help="Jakiro* static tree (a named *_choices list of the Jakiro* variant)")
+    parser.add_argument(
+        "--draft-dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the draft heads only (default: the base model's)",
+    )
+    parser.add_argument(
+        "--tree-choices", default="small_15", help="Jakiro* static tree (a named *_choices list of the Jakiro* variant)"
+    )
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("results", "bench"))
     return parser.parse_args(argv)
@@ -142,16 +148,25 @@ def load_methods(args: argparse.Namespace, device: torch.device):
     base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     eos = base.generation_config.eos_token_id
-    heads = {"eagle2": args.eagle2_path, "jakiro": args.jakiro_path, "jakiro-nohybrid": args.jakiro_path,
-             "jakiro-star": args.jakiro_star_path}
+    heads = {
+        "eagle2": args.eagle2_path,
+        "jakiro": args.jakiro_path,
+        "jakiro-nohybrid": args.jakiro_path,
+        "jakiro-star": args.jakiro_star_path,
+    }
     shipped = {"eagle2": "eagle2", "jakiro": "jakiro", "jakiro-nohybrid": "jakiro", "jakiro-star": "jakiro_star"}
     methods, speculative = {}, {}
     draft_dtype = getattr(torch, args.draft_dtype) if args.draft_dtype else None
 
     def hf(**extra):
         def run(ids, temperature, budget):
-            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {"do_sample": False}
+            sampling = (
+                {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                if temperature
+                else {"do_sample": False}
+            )
             return base.generate(ids, max_new_tokens=budget, pad_token_id=eos, **sampling, **extra)
+
         return run
 
     for name in args.methods:
@@ -161,20 +176,36 @@ def load_methods(args: argparse.Namespace, device: torch.device):
             methods[name] = hf(prompt_lookup_num_tokens=args.prompt_lookup_tokens)
         else:
             if name == "naive":
-                model = speculative.get("jakiro") or EaModel.from_base(base, heads["jakiro"] or shipped_head_path("jakiro"), tokenizer)
+                model = speculative.get("jakiro") or EaModel.from_base(
+                    base, heads["jakiro"] or shipped_head_path("jakiro"), tokenizer
+                )
             else:
                 head_path = heads[name] or shipped_head_path(shipped[name])
                 if name == "jakiro-star":  # the Jakiro* variant, found through jakiro.variants
-                    model = EaModel.from_base(base, head_path, tokenizer, tree_choices=args.tree_choices,
-                                              draft_vocab_size=args.draft_vocab_size, draft_dtype=draft_dtype,
-                                              variant="jakiro_star")
+                    model = EaModel.from_base(
+                        base,
+                        head_path,
+                        tokenizer,
+                        tree_choices=args.tree_choices,
+                        draft_vocab_size=args.draft_vocab_size,
+                        draft_dtype=draft_dtype,
+                        variant="jakiro_star",
+                    )
                 else:
-                    model = EaModel.from_base(base, head_path, tokenizer, total_token=args.total_token, depth=args.depth,
-                                              top_k=args.top_k, draft_vocab_size=args.draft_vocab_size,
-                                              draft_dtype=draft_dtype)
+                    model = EaModel.from_base(
+                        base,
+                        head_path,
+                        tokenizer,
+                        total_token=args.total_token,
+                        depth=args.depth,
+                        top_k=args.top_k,
+                        draft_vocab_size=args.draft_vocab_size,
+                        draft_dtype=draft_dtype,
+                    )
                 if name == "jakiro-nohybrid":
-                    model.set_tree(total_token=args.total_token, depth=args.depth, top_k=args.top_k,
-                                   hybrid_last_level=False)
+                    model.set_tree(
+                        total_token=args.total_token, depth=args.depth, top_k=args.top_k, hybrid_last_level=False
+                    )
                 speculative[name] = model
             methods[name] = ea_runner(model, name == "naive")
     return base, tokenizer, methods, speculative
@@ -214,8 +245,11 @@ def prompts(args: argparse.Namespace, tokenizer, device: torch.device) -> list[t
     out = []
     for q in questions:
         messages = [{"role": "user", "content": q["turns"][0]}]
-        out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                 return_dict=True)["input_ids"].to(device))
+        out.append(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+                "input_ids"
+            ].to(device)
+        )
     return out
 
 
@@ -276,22 +310,35 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
         for name, t in by_method.items():
             rate = t.tokens / t.seconds
             forwards_per_s = t.forwards / t.seconds
-            rows.append({
-                "method": name, "temperature": temperature, "tokens": t.tokens, "seconds": round(t.seconds, 2),
-                "tau": round(acceptance_length(t.tokens, t.steps) or 0.0, 3), "tokens_per_s": round(rate, 2),
-                "speedup": round(rate / plain_rate, 3) if plain_rate else None,
-                "draft_share": round(t.draft_seconds / t.seconds, 3) if t.draft_seconds else None,
-                "peak_extra_mb": round(t.peak_extra_mb, 1),
-                "weight_gbs": round(weight_bytes * forwards_per_s / 1e9, 2),
-                "identical": f"{t.identical}/{t.compared} ({t.identical / t.compared:.0%})" if t.compared else None,
-            })
+            rows.append(
+                {
+                    "method": name,
+                    "temperature": temperature,
+                    "tokens": t.tokens,
+                    "seconds": round(t.seconds, 2),
+                    "tau": round(acceptance_length(t.tokens, t.steps) or 0.0, 3),
+                    "tokens_per_s": round(rate, 2),
+                    "speedup": round(rate / plain_rate, 3) if plain_rate else None,
+                    "draft_share": round(t.draft_seconds / t.seconds, 3) if t.draft_seconds else None,
+                    "peak_extra_mb": round(t.peak_extra_mb, 1),
+                    "weight_gbs": round(weight_bytes * forwards_per_s / 1e9, 2),
+                    "identical": f"{t.identical}/{t.compared} ({t.identical / t.compared:.0%})" if t.compared else None,
+                }
+            )
     return {
-        "date": time.strftime("%Y-%m-%d"), "hardware": hardware(device), "dtype": args.dtype,
-        "questions": args.questions, "max_new_tokens": args.max_new_tokens,
+        "date": time.strftime("%Y-%m-%d"),
+        "hardware": hardware(device),
+        "dtype": args.dtype,
+        "questions": args.questions,
+        "max_new_tokens": args.max_new_tokens,
         "tree": {"total_token": args.total_token, "depth": args.depth, "top_k": args.top_k},
-        "draft_vocab_size": args.draft_vocab_size, "draft_dtype": args.draft_dtype or args.dtype,
-        "jakiro_star_tree": args.tree_choices, "torch_threads": torch.get_num_threads(),
-        "base_weight_mb": round(weight_bytes / 2**20, 1), "memory_bandwidth_gbs": round(bandwidth, 1), "rows": rows,
+        "draft_vocab_size": args.draft_vocab_size,
+        "draft_dtype": args.draft_dtype or args.dtype,
+        "jakiro_star_tree": args.tree_choices,
+        "torch_threads": torch.get_num_threads(),
+        "base_weight_mb": round(weight_bytes / 2**20, 1),
+        "memory_bandwidth_gbs": round(bandwidth, 1),
+        "rows": rows,
     }
 
 
@@ -307,25 +354,41 @@ def hardware(device: torch.device) -> str:
 
 
 def markdown(result: dict) -> str:
-    head = (f"{result['date']}, {result['hardware']}, {result['dtype']}, {result['questions']} MT-bench first turns, "
-            f"max_new_tokens {result['max_new_tokens']}, tree {result['tree']['total_token']}/{result['tree']['depth']}/"
-            f"{result['tree']['top_k']} (total/depth/top_k; Jakiro* {result['jakiro_star_tree']}), draft head "
-            f"{result['draft_dtype']}, draft vocabulary {result['draft_vocab_size'] or 'default'}, base weights {result['base_weight_mb']} MB, "
-            f"measured copy bandwidth {result['memory_bandwidth_gbs']} GB/s")
+    head = (
+        f"{result['date']}, {result['hardware']}, {result['dtype']}, {result['questions']} MT-bench first turns, "
+        f"max_new_tokens {result['max_new_tokens']}, tree {result['tree']['total_token']}/{result['tree']['depth']}/"
+        f"{result['tree']['top_k']} (total/depth/top_k; Jakiro* {result['jakiro_star_tree']}), draft head "
+        f"{result['draft_dtype']}, draft vocabulary {result['draft_vocab_size'] or 'default'}, base weights {result['base_weight_mb']} MB, "
+        f"measured copy bandwidth {result['memory_bandwidth_gbs']} GB/s"
+    )
     if result["dtype"] != "float32":
-        head += (f". In {result['dtype']} a tree forward and a one-token forward round differently, so greedy output is "
-                 "identical to generate's up to rounding near ties: the last column is a measured rate, not a guarantee")
-    lines = [head, "", "| method | T | τ | tokens/s | speed-up vs generate | drafting share | peak extra MB | "
-             "weights read GB/s | identical to generate |", "|---|---|---|---|---|---|---|---|---|"]
+        head += (
+            f". In {result['dtype']} a tree forward and a one-token forward round differently, so greedy output is "
+            "identical to generate's up to rounding near ties: the last column is a measured rate, not a guarantee"
+        )
+    lines = [
+        head,
+        "",
+        "| method | T | τ | tokens/s | speed-up vs generate | drafting share | peak extra MB | "
+        "weights read GB/s | identical to generate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         share = f"{r['draft_share']:.0%}" if r["draft_share"] is not None else "–"
-        lines.append(f"| {r['method']} | {r['temperature']:g} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {share} | {r['peak_extra_mb']:.0f} | {r['weight_gbs']:.1f} | "
-                     f"{r['identical'] or '–'} |")
+        lines.append(
+            f"| {r['method']} | {r['temperature']:g} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | "
+            f"{r['speedup']:.2f}x | {share} | {r['peak_extra_mb']:.0f} | {r['weight_gbs']:.1f} | "
+            f"{r['identical'] or '–'} |"
+        )
     ablation = [r for r in result["rows"] if r["method"] in ABLATION and r["temperature"] == 0]
     if ablation:
-        lines += ["", "Ablation (T=0, same training data): hybrid parallel last step", "",
-                  "| head | τ | tokens/s | speed-up |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Ablation (T=0, same training data): hybrid parallel last step",
+            "",
+            "| head | τ | tokens/s | speed-up |",
+            "|---|---|---|---|",
+        ]
         for name in ABLATION:
             for r in ablation:
                 if r["method"] == name:
@@ -348,8 +411,13 @@ def chart(result: dict, path: str) -> None:
         xs = [m + i * width for m in range(len(methods))]
         bars = ax.bar(xs, [rows[m]["tokens_per_s"] for m in methods], width, label=f"T={temperature:g}")
         for bar, m in zip(bars, methods):
-            ax.annotate(f"τ {rows[m]['tau']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                f"τ {rows[m]['tau']:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.set_xticks([m + width * (len(temperatures) - 1) / 2 for m in range(len(methods))], methods, rotation=20)
     ax.set_ylabel("tokens/s")
     ax.set_title(f"{result['hardware']}, {result['dtype']}, {result['questions']} MT-bench prompts", fontsize=9)

@@ -71,8 +71,11 @@ def parse_args(kind: str, template: str, argv=None) -> argparse.Namespace:
     add("--question-file", default=None, help="a question.jsonl (overrides --bench-name/--data-dir)")
     add("--question-begin", type=int, default=None)
     add("--question-end", type=int, default=None)
-    add("--answer-file", default=None,
-        help="output folder (answers go to <folder>/<bench>/<model-id>-temperature-<T>.jsonl) or a .jsonl path")
+    add(
+        "--answer-file",
+        default=None,
+        help="output folder (answers go to <folder>/<bench>/<model-id>-temperature-<T>.jsonl) or a .jsonl path",
+    )
     add("--max-new-token", type=int, default=512)
     add("--max-length", type=int, default=2048, help="prompt + answer token limit (the reference's 2048)")
     add("--total-token", type=int, default=60, help="draft tree size including the root (-1: time it)")
@@ -83,8 +86,12 @@ def parse_args(kind: str, template: str, argv=None) -> argparse.Namespace:
     add("--temperature", type=float, default=DEFAULT_TEMPERATURE.get((kind, template), 0.0))
     add("--num-choices", type=int, default=1)
     add("--warmup", type=int, default=3, help="untimed passes over the first question")
-    add("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-        help="default: float16 on CUDA, float32 on CPU")
+    add(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default: float16 on CUDA, float32 on CPU",
+    )
     add("--num-gpus-per-model", type=int, default=1, help="> 1 spreads the model with device_map='auto'")
     add("--num-gpus-total", type=int, default=1, help="accepted for compatibility; questions run in one process")
     add("--max-gpu-memory", default=None, help="accepted for compatibility")
@@ -111,8 +118,10 @@ def question_path(args: argparse.Namespace) -> str:
     elif args.bench_name == "mt_bench":
         return mt_bench_file()
     else:
-        raise SystemExit(f"--bench-name {args.bench_name}: pass --data-dir (a folder of <bench>/question.jsonl) "
-                         "or --question-file; only mt_bench ships with the installed packages")
+        raise SystemExit(
+            f"--bench-name {args.bench_name}: pass --data-dir (a folder of <bench>/question.jsonl) "
+            "or --question-file; only mt_bench ships with the installed packages"
+        )
     if not os.path.isfile(path):
         raise SystemExit(f"question file not found: {path}")
     return path
@@ -122,7 +131,9 @@ def answer_path(args: argparse.Namespace) -> str:
     """``--answer-file`` if it names a .jsonl, else ``<folder>/<bench>/<model-id>-temperature-<T>.jsonl``."""
     if args.answer_file and args.answer_file.endswith(".jsonl"):
         return args.answer_file
-    return os.path.join(args.answer_file or "answers", args.bench_name, f"{args.model_id}-temperature-{args.temperature}.jsonl")
+    return os.path.join(
+        args.answer_file or "answers", args.bench_name, f"{args.model_id}-temperature-{args.temperature}.jsonl"
+    )
 
 
 def read_answers(path: str) -> list[dict]:
@@ -154,8 +165,13 @@ def load_model(args: argparse.Namespace):
     from ..model.ea_model import EaModel
 
     return EaModel.from_pretrained(
-        base_model_path=args.base_model_path, ea_model_path=args.ea_model_path, total_token=args.total_token,
-        depth=args.depth, top_k=args.top_k, threshold=args.threshold, shipped_head=args.shipped_head,
+        base_model_path=args.base_model_path,
+        ea_model_path=args.ea_model_path,
+        total_token=args.total_token,
+        depth=args.depth,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        shipped_head=args.shipped_head,
         **base_model_kwargs(args),
     )
 
@@ -168,13 +184,25 @@ def base_model_kwargs(args: argparse.Namespace) -> dict:
 
 
 def speculative(model, ids: torch.Tensor, args: argparse.Namespace, is_llama3: bool):
-    return model.eagenerate(ids, temperature=args.temperature, max_new_tokens=args.max_new_token,
-                            max_length=args.max_length, log=True, is_llama3=is_llama3)
+    return model.eagenerate(
+        ids,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_token,
+        max_length=args.max_length,
+        log=True,
+        is_llama3=is_llama3,
+    )
 
 
 def baseline(model, ids: torch.Tensor, args: argparse.Namespace, is_llama3: bool):
-    return model.naivegenerate(ids, temperature=args.temperature, max_new_tokens=args.max_new_token,
-                               max_length=args.max_length, log=True, is_llama3=is_llama3)
+    return model.naivegenerate(
+        ids,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_token,
+        max_length=args.max_length,
+        log=True,
+        is_llama3=is_llama3,
+    )
 
 
 class Answerer:
@@ -263,9 +291,13 @@ def run(args: argparse.Namespace, generate: Generate, load: Callable = load_mode
             for i in range(args.num_choices):
                 torch.manual_seed(i)
                 choices.append({"index": i, **answerer.answer(question["turns"])})
-            record = {"question_id": question["question_id"], "answer_id": uuid.uuid4().hex[:22],
-                      "model_id": f"{args.model_id}-temperature-{args.temperature}", "choices": choices,
-                      "tstamp": time.time()}
+            record = {
+                "question_id": question["question_id"],
+                "answer_id": uuid.uuid4().hex[:22],
+                "model_id": f"{args.model_id}-temperature-{args.temperature}",
+                "choices": choices,
+                "tstamp": time.time(),
+            }
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())

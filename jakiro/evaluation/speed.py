@@ -75,13 +75,27 @@ def compare(spec: dict[int, dict], base: dict[int, dict], count_tokens=None) -> 
         s, b = totals(spec[qid]), totals(base[qid], count_tokens)
         if s["wall"] <= 0 or b["wall"] <= 0:
             raise SystemExit(f"question {qid}: wall_time sums to 0")
-        rows.append({"question_id": qid, "speed": s["new"] / s["wall"], "baseline_speed": b["new"] / b["wall"],
-                     "tau": acceptance_length(s["new"], s["steps"]) or 0.0,
-                     "tau_ref": s["new"] / s["idx"] if s["idx"] else 0.0})
+        rows.append(
+            {
+                "question_id": qid,
+                "speed": s["new"] / s["wall"],
+                "baseline_speed": b["new"] / b["wall"],
+                "tau": acceptance_length(s["new"], s["steps"]) or 0.0,
+                "tau_ref": s["new"] / s["idx"] if s["idx"] else 0.0,
+            }
+        )
     speed, base_speed = mean(r["speed"] for r in rows), mean(r["baseline_speed"] for r in rows)
-    return {"questions": len(rows), "only_in_spec": len(set(spec) - set(base)), "only_in_base": len(set(base) - set(spec)),
-            "speed": speed, "baseline_speed": base_speed, "ratio": speed / base_speed,
-            "tau": mean(r["tau"] for r in rows), "tau_ref": mean(r["tau_ref"] for r in rows), "rows": rows}
+    return {
+        "questions": len(rows),
+        "only_in_spec": len(set(spec) - set(base)),
+        "only_in_base": len(set(base) - set(spec)),
+        "speed": speed,
+        "baseline_speed": base_speed,
+        "ratio": speed / base_speed,
+        "tau": mean(r["tau"] for r in rows),
+        "tau_ref": mean(r["tau_ref"] for r in rows),
+        "rows": rows,
+    }
 
 
 def needs_retokenizing(base: dict[int, dict]) -> bool:
@@ -93,10 +107,14 @@ def report(result: dict, per_question: bool = False) -> str:
     if per_question:
         lines.append(f"{'question':>8} {'tok/s':>8} {'base tok/s':>10} {'speed-up':>8} {'tau':>6} {'tau_ref':>7}")
         for r in result["rows"]:
-            lines.append(f"{r['question_id']:>8} {r['speed']:8.2f} {r['baseline_speed']:10.2f} "
-                         f"{r['speed'] / r['baseline_speed']:8.2f} {r['tau']:6.2f} {r['tau_ref']:7.2f}")
+            lines.append(
+                f"{r['question_id']:>8} {r['speed']:8.2f} {r['baseline_speed']:10.2f} "
+                f"{r['speed'] / r['baseline_speed']:8.2f} {r['tau']:6.2f} {r['tau_ref']:7.2f}"
+            )
     if result["only_in_spec"] or result["only_in_base"]:
-        lines.append(f"(skipped {result['only_in_spec']} question(s) only in SPEC, {result['only_in_base']} only in BASE)")
+        lines.append(
+            f"(skipped {result['only_in_spec']} question(s) only in SPEC, {result['only_in_base']} only in BASE)"
+        )
     lines += [
         f"questions: {result['questions']}",
         f"speculative: {result['speed']:.2f} tokens/s; baseline: {result['baseline_speed']:.2f} tokens/s",
@@ -111,10 +129,17 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="speculative answers (.jsonl)")
     parser.add_argument("base", help="baseline answers (.jsonl)")
-    parser.add_argument("--base-model-path", "--base_model_path", default=None,
-                        help="tokenizer for re-tokenizing baseline answers (default: the embedded SmolLM2)")
-    parser.add_argument("--retokenize", action="store_true",
-                        help="count baseline tokens from the text even when new_tokens are recorded")
+    parser.add_argument(
+        "--base-model-path",
+        "--base_model_path",
+        default=None,
+        help="tokenizer for re-tokenizing baseline answers (default: the embedded SmolLM2)",
+    )
+    parser.add_argument(
+        "--retokenize",
+        action="store_true",
+        help="count baseline tokens from the text even when new_tokens are recorded",
+    )
     parser.add_argument("--per-question", action="store_true")
     args = parser.parse_args(argv)
     spec, base = read_jsonl(args.spec), read_jsonl(args.base)

@@ -15,7 +15,9 @@ from .speed import main as speed_main
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 4:
-        raise SystemExit("usage: python -m jakiro.evaluation.speed_accept_len BENCH BASE_MODEL_PATH SPEC_JSONL BASE_JSONL")
+        raise SystemExit(
+            "usage: python -m jakiro.evaluation.speed_accept_len BENCH BASE_MODEL_PATH SPEC_JSONL BASE_JSONL"
+        )
     _bench, base_model_path, spec, base = argv
     return speed_main([spec, base, "--base-model-path", base_model_path, "--retokenize"])
 

@@ -39,8 +39,9 @@ def main(argv=None) -> None:
     parser.add_argument("--template", default="chat_template", choices=sorted(TEMPLATES) + ["chat_template"])
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--end", type=int, default=68000)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="parallel workers (default: one per GPU, or 1 on a CPU machine)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parallel workers (default: one per GPU, or 1 on a CPU machine)"
+    )
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     gpus = torch.cuda.device_count()
@@ -48,8 +49,19 @@ def main(argv=None) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     processes = []
     for index, (start, end) in enumerate(chunks(args.start, args.end, workers)):
-        command = [sys.executable, "-m", f"jakiro.ge_data.ge_data_all_{args.template}", "--start", str(start),
-                   "--end", str(end), "--index", str(index), "--outdir", args.outdir]
+        command = [
+            sys.executable,
+            "-m",
+            f"jakiro.ge_data.ge_data_all_{args.template}",
+            "--start",
+            str(start),
+            "--end",
+            str(end),
+            "--index",
+            str(index),
+            "--outdir",
+            args.outdir,
+        ]
         if gpus:
             command += ["--gpu_index", str(index % gpus)]
         for flag in ("basepath", "data"):

@@ -36,17 +36,32 @@ def parse_args(template: str | None, argv=None) -> argparse.Namespace:
     parser.add_argument("--gpu_index", "--gpu-index", type=int, nargs="+", default=[0])
     parser.add_argument("--outdir", default="outdir0")
     parser.add_argument("--max-len", "--max_len", type=int, default=2048)
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                        help="base model dtype (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="base model dtype (default: float16 on CUDA, float32 on CPU)",
+    )
     parser.add_argument("--save-dtype", default="float16", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--regenerate", action="store_true",
-                        help="replace assistant turns by the base model's own greedy replies (self-distillation)")
+    parser.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="replace assistant turns by the base model's own greedy replies (self-distillation)",
+    )
     parser.add_argument("--regenerate-max-new-tokens", type=int, default=512)
-    parser.add_argument("--regenerate-turns", type=int, default=0,
-                        help="keep only the first N exchanges of each conversation (0: all); each turn is one more "
-                             "round of batched generation")
-    parser.add_argument("--regenerate-batch-size", type=int, default=16,
-                        help="conversations whose replies are generated together (an interruption loses at most these)")
+    parser.add_argument(
+        "--regenerate-turns",
+        type=int,
+        default=0,
+        help="keep only the first N exchanges of each conversation (0: all); each turn is one more "
+        "round of batched generation",
+    )
+    parser.add_argument(
+        "--regenerate-batch-size",
+        type=int,
+        default=16,
+        help="conversations whose replies are generated together (an interruption loses at most these)",
+    )
     parser.add_argument("--no-shuffle", action="store_true", help="take conversations in file order")
     args = parser.parse_args(argv)
     if template is not None:
@@ -76,8 +91,9 @@ def generate_replies(prompts: list[list[int]], model, tokenizer, max_new_tokens:
 
 
 @torch.no_grad()
-def regenerate(template: str, conversations: list[list[dict]], model, tokenizer, max_new_tokens: int,
-               max_len: int) -> list[list[dict]]:
+def regenerate(
+    template: str, conversations: list[list[dict]], model, tokenizer, max_new_tokens: int, max_len: int
+) -> list[list[dict]]:
     """The conversations with every assistant reply replaced by the model's greedy answer.
 
     Replies are generated turn by turn, batched over the conversations. A reply whose prompt
@@ -162,8 +178,9 @@ def main(template: str | None = None, argv=None) -> None:
         if args.regenerate:
             if args.regenerate_turns:
                 batch = [(i, first_exchanges(m, args.regenerate_turns)) for i, m in batch]
-            replies = regenerate(args.template, [m for _, m in batch], model, tokenizer,
-                                 args.regenerate_max_new_tokens, args.max_len)
+            replies = regenerate(
+                args.template, [m for _, m in batch], model, tokenizer, args.regenerate_max_new_tokens, args.max_len
+            )
             batch = [(i, m) for (i, _), m in zip(batch, replies)]
         for i, messages in batch:
             progress.update(1)
@@ -176,8 +193,11 @@ def main(template: str | None = None, argv=None) -> None:
                 continue
             with torch.no_grad():
                 out = model(input_ids[None].to(model.device), output_hidden_states=True)
-            sample = {"input_ids": input_ids, "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype),
-                      "loss_mask": loss_mask}
+            sample = {
+                "input_ids": input_ids,
+                "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype),
+                "loss_mask": loss_mask,
+            }
             save_sample(os.path.join(folder, f"data_{i}.safetensors"), sample)
     progress.close()
     if skipped:

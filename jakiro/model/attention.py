@@ -58,7 +58,9 @@ def attention_pattern(config: Any) -> AttentionPattern:
     if getattr(text, "use_bidirectional_attention", False):
         raise ValueError(f"{model_type}: bidirectional attention cannot verify a causal token tree")
     if getattr(text, "attention_chunk_size", None):
-        raise ValueError(f"{model_type}: chunked attention (attention_chunk_size) is not supported for tree verification")
+        raise ValueError(
+            f"{model_type}: chunked attention (attention_chunk_size) is not supported for tree verification"
+        )
     window = getattr(text, "sliding_window", None)
     if getattr(text, "use_sliding_window", True) is False:
         window = None  # e.g. Qwen2 configs carry a window size that is switched off

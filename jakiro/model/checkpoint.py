@@ -15,6 +15,7 @@ DRAFT_VOCAB_FILE = "draft_vocab.safetensors"
 HEAD_FILES = (CONFIG_NAME, *WEIGHT_FILES, DRAFT_VOCAB_FILE)
 EMBEDDING_KEY = "embed_tokens.weight"
 
+
 def resolve_draft_folder(path: str | os.PathLike) -> str:
     """A local folder holding ``config.json`` and weights; a hub repo id is downloaded first."""
     path = os.fspath(path)
@@ -68,18 +69,24 @@ def check_state_dict(head: nn.Module, state: dict[str, torch.Tensor]) -> None:
         problems.append(f"unexpected key {key} (shape {list(state[key].shape)})")
     for key in sorted(expected.keys() & state.keys()):
         if tuple(state[key].shape) != expected[key]:
-            problems.append(f"key {key}: checkpoint shape {list(state[key].shape)}, model expects {list(expected[key])}")
+            problems.append(
+                f"key {key}: checkpoint shape {list(state[key].shape)}, model expects {list(expected[key])}"
+            )
     if EMBEDDING_KEY in state:
         want = (head.config.vocab_size, head.config.hidden_size)
         if tuple(state[EMBEDDING_KEY].shape) != want:
-            problems.append(f"key {EMBEDDING_KEY}: checkpoint shape {list(state[EMBEDDING_KEY].shape)}, model expects {list(want)}")
+            problems.append(
+                f"key {EMBEDDING_KEY}: checkpoint shape {list(state[EMBEDDING_KEY].shape)}, model expects {list(want)}"
+            )
     if problems:
         from ..variants import layout_of
 
         found, wanted = layout_of(state), layout_of(expected)
         if found and found != wanted:
-            problems.append(f"the checkpoint has the {found.layout_name} layout, this model the "
-                            f"{wanted.layout_name if wanted else 'other'} layout: {found.load_hint}")
+            problems.append(
+                f"the checkpoint has the {found.layout_name} layout, this model the "
+                f"{wanted.layout_name if wanted else 'other'} layout: {found.load_hint}"
+            )
         raise ValueError("draft checkpoint does not match its config:\n  " + "\n  ".join(problems))
 
 
@@ -104,12 +111,13 @@ def save_draft_head(head: nn.Module, folder: str | os.PathLike, dtype: torch.dty
 
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in head.state_dict().items()
+    }
     target = os.path.join(folder, WEIGHT_FILES[1])
     save_file(state, target + ".tmp", metadata={"format": "pt"})
     os.replace(target + ".tmp", target)
     head.config.save_pretrained(folder)
-
 
 
 def save_draft_vocab(folder: str | os.PathLike, token_ids: torch.Tensor, counts: torch.Tensor) -> None:

@@ -142,7 +142,9 @@ class MixtralSparseMoeBlock(nn.Module):
         super().__init__()
         experts = config.num_local_experts
         self.gate = nn.Linear(config.hidden_size, experts + 2, bias=False)
-        self.experts = nn.ModuleList(LlamaMLP(config.hidden_size, config.hidden_size, config.hidden_act) for _ in range(experts))
+        self.experts = nn.ModuleList(
+            LlamaMLP(config.hidden_size, config.hidden_size, config.hidden_act) for _ in range(experts)
+        )
 
     def forward(self, h: torch.Tensor, both_branches: bool | None = None) -> torch.Tensor:
         if both_branches is None:
@@ -310,8 +312,9 @@ class Model(nn.Module):
         if int(token_ids.min()) < 0 or int(token_ids.max()) >= weight.shape[0]:
             raise ValueError(f"draft vocabulary holds token ids outside [0, {weight.shape[0]})")
         bias = getattr(lm_head, "bias", None)
-        sliced = nn.Linear(weight.shape[1], token_ids.numel(), bias=bias is not None, device=weight.device,
-                           dtype=self.fc.weight.dtype)
+        sliced = nn.Linear(
+            weight.shape[1], token_ids.numel(), bias=bias is not None, device=weight.device, dtype=self.fc.weight.dtype
+        )
         with torch.no_grad():
             sliced.weight.copy_(weight[token_ids])
             if bias is not None:

@@ -98,7 +98,9 @@ class EConfig:
             raise ValueError(f"draft config: rope_scaling must be null or a dict, got {self.rope_scaling!r}")
         kind = scaling.pop("rope_type", scaling.pop("type", "default"))
         if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
-            raise ValueError(f"draft config: unknown rope_scaling type {kind!r}; known: {['default', *ROPE_INIT_FUNCTIONS]}")
+            raise ValueError(
+                f"draft config: unknown rope_scaling type {kind!r}; known: {['default', *ROPE_INIT_FUNCTIONS]}"
+            )
         parameters = {**scaling, "rope_type": kind, "rope_theta": float(self.rope_theta or 10000.0)}
         try:
             return LlamaConfig(
@@ -110,7 +112,9 @@ class EConfig:
                 rope_parameters=parameters,
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"draft config: rope_scaling {self.rope_scaling!r} is not valid for {kind!r}: {e}") from None
+            raise ValueError(
+                f"draft config: rope_scaling {self.rope_scaling!r} is not valid for {kind!r}: {e}"
+            ) from None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> EConfig:

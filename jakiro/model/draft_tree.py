@@ -63,7 +63,11 @@ def _level_mask(prefix: int, tree_allowed: torch.Tensor, dtype: torch.dtype) -> 
 
 @torch.no_grad()
 def grow_tree(
-    head: Model, shape: TreeShape, hidden_states: torch.Tensor, input_ids: torch.Tensor, lm_head: nn.Module,
+    head: Model,
+    shape: TreeShape,
+    hidden_states: torch.Tensor,
+    input_ids: torch.Tensor,
+    lm_head: nn.Module,
     hybrid: bool = True,
 ) -> DraftTree:
     """Draft a tree of ``shape`` rooted at ``input_ids[0, -1]``.
@@ -131,8 +135,9 @@ def grow_tree(
         tree_allowed = torch.cat((tree_allowed[parent_rows], eye), dim=1)
 
     head.set_kv_length(committed)
-    return _select_tree(root, torch.cat(cand_tokens), torch.cat(cand_scores), torch.cat(cand_parents), budget,
-                        levels=len(cand_tokens))
+    return _select_tree(
+        root, torch.cat(cand_tokens), torch.cat(cand_scores), torch.cat(cand_parents), budget, levels=len(cand_tokens)
+    )
 
 
 def _select_tree(

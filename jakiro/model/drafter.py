@@ -69,9 +69,15 @@ class TreeShape:
         if isinstance(self.branching, bool) or not isinstance(self.branching, int) or self.branching < 1:
             raise ValueError(f"top_k (tree branching) must be an integer >= 1, got {self.branching!r}")
         largest = self.max_total_tokens
-        if isinstance(self.total_tokens, bool) or not isinstance(self.total_tokens, int) or not 2 <= self.total_tokens <= largest:
-            raise ValueError(f"total_token must be an integer in [2, {largest}] for top_k={self.branching}, "
-                             f"depth={self.depth}; got {self.total_tokens!r}")
+        if (
+            isinstance(self.total_tokens, bool)
+            or not isinstance(self.total_tokens, int)
+            or not 2 <= self.total_tokens <= largest
+        ):
+            raise ValueError(
+                f"total_token must be an integer in [2, {largest}] for top_k={self.branching}, "
+                f"depth={self.depth}; got {self.total_tokens!r}"
+            )
 
     @property
     def max_total_tokens(self) -> int:
@@ -95,8 +101,10 @@ class DynamicTreeDrafter:
     def __init__(self, head: nn.Module, lm_head: nn.Module, shape: TreeShape, hybrid_last_level: bool = True) -> None:
         vocab = head.config.vocab_size if head.draft_vocab is None else head.draft_vocab.numel()
         if shape.branching > vocab:
-            raise ValueError(f"top_k (tree branching) must be an integer in [1, {vocab}] (the draft vocabulary), "
-                             f"got {shape.branching}")
+            raise ValueError(
+                f"top_k (tree branching) must be an integer in [1, {vocab}] (the draft vocabulary), "
+                f"got {shape.branching}"
+            )
         self.head = head
         self.lm_head = lm_head
         self.shape = shape
@@ -126,8 +134,9 @@ class DynamicTreeDrafter:
         return 2, self.shape.max_total_tokens
 
     def with_size(self, total_tokens: int) -> DynamicTreeDrafter:
-        return DynamicTreeDrafter(self.head, self.lm_head, replace(self.shape, total_tokens=total_tokens),
-                                  self.hybrid_last_level)
+        return DynamicTreeDrafter(
+            self.head, self.lm_head, replace(self.shape, total_tokens=total_tokens), self.hybrid_last_level
+        )
 
     def describe(self) -> str:
         s = self.shape

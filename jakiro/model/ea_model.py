@@ -69,7 +69,9 @@ class EaModel(nn.Module):
     static one (``tree_choices``). Loading, verification, caches and the decoding loops are shared.
     """
 
-    default_variant = "jakiro"  # the variant from_pretrained/from_base load unless told (jakiro_star's EaModel: "jakiro_star")
+    default_variant = (
+        "jakiro"  # the variant from_pretrained/from_base load unless told (jakiro_star's EaModel: "jakiro_star")
+    )
 
     def __init__(
         self,
@@ -141,16 +143,31 @@ class EaModel(nn.Module):
 
         if ea_model_path is None:
             if base_model_path is not None:
-                raise ValueError("ea_model_path is required with a base_model_path: pass a draft-head folder or hub repo id")
+                raise ValueError(
+                    "ea_model_path is required with a base_model_path: pass a draft-head folder or hub repo id"
+                )
             shipped_head = shipped_head or cls.default_variant  # shipped heads are named after their variants
             ea_model_path = shipped_head_path(shipped_head)
             variant = variant or shipped_head
         base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
-        return cls.from_base(base_model, folder, tokenizer, total_token, depth, top_k, threshold, draft_vocab_size,
-                             draft_dtype, tree_choices=tree_choices, variant=variant)
+        return cls.from_base(
+            base_model,
+            folder,
+            tokenizer,
+            total_token,
+            depth,
+            top_k,
+            threshold,
+            draft_vocab_size,
+            draft_dtype,
+            tree_choices=tree_choices,
+            variant=variant,
+        )
 
     @staticmethod
-    def _load_base(base_model_path: str | None, ea_model_path: str, hf_kwargs: dict[str, Any]) -> tuple[nn.Module, str, Any]:
+    def _load_base(
+        base_model_path: str | None, ea_model_path: str, hf_kwargs: dict[str, Any]
+    ) -> tuple[nn.Module, str, Any]:
         """The base model (the embedded SmolLM2 when ``base_model_path`` is None), the local draft-head
         folder and the tokenizer (None when the base folder has none)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -236,8 +253,10 @@ class EaModel(nn.Module):
                 raise ValueError("draft_vocab_size needs a token ranking (draft_vocab.safetensors in the head folder)")
             width = self.drafter.draft_width
             if isinstance(size, bool) or not isinstance(size, int) or not width <= size <= ranking.numel():
-                raise ValueError(f"draft_vocab_size must be 0 or an integer in [top_k={width}, "
-                                 f"{ranking.numel()}] (tokens ranked for this head), got {size!r}")
+                raise ValueError(
+                    f"draft_vocab_size must be 0 or an integer in [top_k={width}, "
+                    f"{ranking.numel()}] (tokens ranked for this head), got {size!r}"
+                )
             self.ea_layer.set_draft_vocab(ranking[:size], self.lm_head)
             self.draft_vocab_size = size
         self._use_drafter(self._make_drafter(self.tree_settings))  # a static tree checks its ranks against it
@@ -448,7 +467,9 @@ class EaModel(nn.Module):
         """Additive mask(s) [1, 1, N, committed + N]: the prefix plus each node's ancestors, within each
         layer type's sliding window (see ``attention.tree_attention_mask``)."""
         device = self.base_model.get_input_embeddings().weight.device
-        return tree_attention_mask(self.attention, committed, tree.ancestors, tree.depths, self.base_model.dtype, device)
+        return tree_attention_mask(
+            self.attention, committed, tree.ancestors, tree.depths, self.base_model.dtype, device
+        )
 
     def _fresh_cache(self, capacity: int) -> KVCache:
         """Reuse the preallocated cache when it is large enough."""
@@ -500,7 +521,12 @@ class EaModel(nn.Module):
     def _prepare(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3) -> SamplingSettings:
         """Validate one call's arguments and gather them (``is_llama3`` becomes a stop id)."""
         ids = validate_input_ids(input_ids, self.ea_layer.config.vocab_size)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1.0 disables nucleus sampling), got {top_p!r}")
@@ -538,8 +564,10 @@ class EaModel(nn.Module):
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         low, high = self.drafter.size_limits()
         if low == high:
-            raise NotImplementedError(f"this model drafts a static tree ({self.drafter.describe()}): its size is fixed; "
-                                      "pick another tree_choices instead")
+            raise NotImplementedError(
+                f"this model drafts a static tree ({self.drafter.describe()}): its size is fixed; "
+                "pick another tree_choices instead"
+            )
         best, best_rate = TREE_SIZE_CANDIDATES[0], 0.0
         for size in TREE_SIZE_CANDIDATES:
             if not low <= size <= high:
@@ -556,7 +584,12 @@ class EaModel(nn.Module):
                 sync()
                 start = time.perf_counter()
                 tree = drafter.draft(features[None], ids)
-                self._forward(tree.tokens[None].to(device), cache, self._tree_mask(context, tree), (tree.depths + context)[None].to(device))
+                self._forward(
+                    tree.tokens[None].to(device),
+                    cache,
+                    self._tree_mask(context, tree),
+                    (tree.depths + context)[None].to(device),
+                )
                 sync()
                 if repeat >= 2:
                     timings.append(time.perf_counter() - start)

@@ -38,8 +38,10 @@ class KVCacheLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append ``key_states``/``value_states`` and return views of everything cached so far."""
-        stale = self.is_initialized and self.length == 0 and (
-            self.keys.dtype != key_states.dtype or self.keys.device != key_states.device
+        stale = (
+            self.is_initialized
+            and self.length == 0
+            and (self.keys.dtype != key_states.dtype or self.keys.device != key_states.device)
         )
         if not self.is_initialized or stale:  # first use, or reused after the model changed dtype or device
             self.lazy_initialization(key_states, value_states)

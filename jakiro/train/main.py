@@ -22,17 +22,18 @@ existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import shutil
-import copy
 import time
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .. import variants
 from ..model.checkpoint import save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
@@ -40,16 +41,17 @@ from .data import FeatureDataset, collate, data_size, sample_files, split, token
 from .warm_start import feature_scale, init_from, load_base_layer, warm_start
 
 CHECKPOINT = "checkpoint"
-ARCHS = ("jakiro", "eagle2", "jakiro_star")
+
+
+def archs() -> list[str]:
+    """The ``--arch`` names: every registered draft-head variant (``jakiro.variants``, plugins included),
+    in registration order (jakiro's own first)."""
+    return list(variants.variants())
 
 
 def head_class(arch: str) -> type[Model]:
     """The draft-head class ``--arch`` trains (Jakiro and EAGLE-2 share one; the config tells them apart)."""
-    if arch == "jakiro_star":
-        from jakiro_star.model.cnets import Model as StarModel
-
-        return StarModel
-    return Model
+    return variants.get(arch).head_class
 
 
 def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
@@ -58,7 +60,7 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     p.add_argument("--tmpdir", required=True, help="folder of ge_data samples")
     p.add_argument("--cpdir", required=True, help="output folder for checkpoints and metrics")
     p.add_argument("--configpath", default=None, help="draft config.json (default: derived from the base model)")
-    p.add_argument("--arch", default=default_arch, choices=ARCHS)
+    p.add_argument("--arch", default=default_arch, choices=archs())
     p.add_argument("--lr", type=float, default=9e-5)
     p.add_argument("--bs", type=int, default=4)
     p.add_argument("--wd", type=float, default=1e-3)
@@ -76,19 +78,43 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--rollout-steps", type=int, default=5, help="steps of the held-out acceptance estimate")
     p.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps (0: per epoch)")
-    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16", "auto"],
-                   help="autocast precision (default: accelerate's setting, else no); auto: bf16 on CUDA and on CPUs "
-                        "with avx512_bf16 or AMX, fp32 otherwise (bf16 is slower than fp32 without them)")
-    p.add_argument("--draft-vocab-size", type=int, default=0,
-                   help="train the token loss over the K most frequent learned tokens only (0: full vocabulary)")
-    p.add_argument("--warm-start-layer", type=int, nargs="?", const=-1, default=None, metavar="N",
-                   help="start attention and MLP/experts from base decoder layer N (no N: the last), fc from [0 | I]")
-    p.add_argument("--init-from", default=None, metavar="DIR",
-                   help="start from the weights of an existing head folder (e.g. a shipped head); its config is used "
-                        "unless --configpath is given")
+    p.add_argument(
+        "--mixed-precision",
+        default=None,
+        choices=["no", "bf16", "fp16", "auto"],
+        help="autocast precision (default: accelerate's setting, else no); auto: bf16 on CUDA and on CPUs "
+        "with avx512_bf16 or AMX, fp32 otherwise (bf16 is slower than fp32 without them)",
+    )
+    p.add_argument(
+        "--draft-vocab-size",
+        type=int,
+        default=0,
+        help="train the token loss over the K most frequent learned tokens only (0: full vocabulary)",
+    )
+    p.add_argument(
+        "--warm-start-layer",
+        type=int,
+        nargs="?",
+        const=-1,
+        default=None,
+        metavar="N",
+        help="start attention and MLP/experts from base decoder layer N (no N: the last), fc from [0 | I]",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start from the weights of an existing head folder (e.g. a shipped head); its config is used "
+        "unless --configpath is given",
+    )
     p.add_argument("--eval-steps", type=int, default=0, help="also evaluate the held-out split every N optimizer steps")
-    p.add_argument("--time-budget", type=float, default=0, metavar="HOURS",
-                   help="time a few steps first and print the optimizer steps and tokens this budget allows")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        metavar="HOURS",
+        help="time a few steps first and print the optimizer steps and tokens this budget allows",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
@@ -100,8 +126,8 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error(f"--draft-vocab-size must be >= 0 (0: full vocabulary), got {args.draft_vocab_size}")
     if args.warm_start_layer is not None and args.init_from:
         p.error("--warm-start-layer and --init-from both set the initial weights: pass one")
-    if args.warm_start_layer is not None and args.arch == "jakiro_star":
-        p.error("--warm-start-layer supports --arch jakiro and eagle2 (Jakiro*'s GELU experts have no base counterpart)")
+    if args.warm_start_layer is not None and not variants.get(args.arch).base_layer_init:
+        p.error(f"--warm-start-layer does not apply to --arch {args.arch}: its layer has no base-model counterpart")
     if args.init_from and not os.path.isdir(args.init_from):
         p.error(f"--init-from {args.init_from}: not a folder (expected config.json + model.safetensors)")
     for name in ("eval_steps", "time_budget", "threads"):
@@ -167,21 +193,26 @@ def load_frozen_base_parts(basepath: str) -> tuple[torch.Tensor, torch.Tensor, o
 
 def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tensor) -> EConfig:
     """``--configpath``, or a config derived from the base model; checked against ``--arch`` and the LM head."""
-    moe = args.arch != "eagle2"
+    moe = variants.get(args.arch).moe
     if args.configpath:
         config = EConfig.from_pretrained(args.configpath)
         if config.is_moe != moe:
-            raise ValueError(f"--arch {args.arch} does not match {args.configpath} (num_local_experts={config.num_local_experts})")
+            raise ValueError(
+                f"--arch {args.arch} does not match {args.configpath} (num_local_experts={config.num_local_experts})"
+            )
     else:
         config = EConfig.from_base_config(base_config, moe=moe)
     if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
-        raise ValueError(f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
-                         f"base model's lm_head {list(head_weight.shape)}")
+        raise ValueError(
+            f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
+            f"base model's lm_head {list(head_weight.shape)}"
+        )
     return config
 
 
-def branch_terms(predict, target, mask, head_weight, shift: int = 0, vocab: DraftVocab | None = None,
-                 exact: bool = False) -> dict[str, torch.Tensor]:
+def branch_terms(
+    predict, target, mask, head_weight, shift: int = 0, vocab: DraftVocab | None = None, exact: bool = False
+) -> dict[str, torch.Tensor]:
     """Token and feature losses and top-k hits of one branch; ``shift`` predicts that many steps further.
 
     Only positions with ``mask`` are sent through the LM head (most of a conversation is not learned).
@@ -214,22 +245,26 @@ def branch_terms(predict, target, mask, head_weight, shift: int = 0, vocab: Draf
     return {"ploss": ploss, "vloss": vloss, "count": count, "top1": hits[0], "top2": hits[1], "top3": hits[2]}
 
 
-def compute_loss(predict, batch, head_weight, args, vocab: DraftVocab | None = None,
-                 exact: bool = False) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+def compute_loss(
+    predict, batch, head_weight, args, vocab: DraftVocab | None = None, exact: bool = False
+) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
     """Jakiro loss (both branches) or EAGLE loss (one output: the dense and the Jakiro* heads)."""
     target, mask = batch["target"], batch["loss_mask"]
     if predict.dim() == 4:  # [2, B, S, H]: MoE branch and contrastive branch
         moe = branch_terms(predict[0], target, mask, head_weight, vocab=vocab, exact=exact)
         con = branch_terms(predict[1], target, mask, head_weight, shift=1, vocab=vocab, exact=exact)
-        loss = args.v_w * (moe["vloss"] + args.const * con["vloss"]) + args.p_w * (moe["ploss"] + args.const * con["ploss"])
+        loss = args.v_w * (moe["vloss"] + args.const * con["vloss"]) + args.p_w * (
+            moe["ploss"] + args.const * con["ploss"]
+        )
         return loss, {"moe": moe, "contrastive": con}
     dense = branch_terms(predict, target, mask, head_weight, vocab=vocab, exact=exact)
     return args.v_w * dense["vloss"] + args.p_w * dense["ploss"], {"moe": dense}
 
 
 @torch.no_grad()
-def rollout_acceptance(model, batch, head_weight, steps: int,
-                       vocab: DraftVocab | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rollout_acceptance(
+    model, batch, head_weight, steps: int, vocab: DraftVocab | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out k-step chain acceptance: at step j every position uses the draft's own features
     from step j-1; a position counts at step j only if steps 0..j-1 were right from its start.
     With a draft ``vocab`` the draft picks among its tokens only. Returns (hits [steps], trials [steps])."""
@@ -274,8 +309,11 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         torch.set_num_threads(args.threads)
     precision = resolve_mixed_precision(args.mixed_precision)
     # cpu=True lets torchrun-launched CPU processes form a gloo group (accelerate ignores it with CUDA).
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=precision,
+    )
     set_seed(args.seed)
     if args.basepath is None:
         from ..embedded import smollm2_path
@@ -298,8 +336,10 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         sample = train_set[0]["input_ids"][:512]
         layer, final_norm, residual = load_base_layer(args.basepath, args.warm_start_layer, sample)
         warm_start(model, layer, final_norm, residual)
-        start = (f"base layer {args.warm_start_layer if args.warm_start_layer >= 0 else 'last'} (residual RMS "
-                 f"{residual:.1f}, feature RMS {feature_scale(final_norm):.2f})")
+        start = (
+            f"base layer {args.warm_start_layer if args.warm_start_layer >= 0 else 'last'} (residual RMS "
+            f"{residual:.1f}, feature RMS {feature_scale(final_norm):.2f})"
+        )
     elif args.init_from:
         init_from(model, args.init_from)
         start = args.init_from
@@ -311,12 +351,14 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     total_steps = args.num_epochs * steps_per_epoch
     warmup_steps = min(args.warmup_steps, total_steps // 10 + 1)
     positions, learned = data_size(train_files, args.max_len)
-    accelerator.print(f"{len(train_files)} training conversations ({positions} tokens, {learned} learned) and "
-                      f"{len(test_files)} held-out; {args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-                      f"parameters, initialised from {start}; token loss over "
-                      f"{'the full vocabulary' if vocab.ids is None else f'{len(vocab.ids)} tokens'}; precision "
-                      f"{precision or accelerator.mixed_precision}; {accelerator.num_processes} process(es) on {device}, "
-                      f"{torch.get_num_threads()} thread(s)")
+    accelerator.print(
+        f"{len(train_files)} training conversations ({positions} tokens, {learned} learned) and "
+        f"{len(test_files)} held-out; {args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"parameters, initialised from {start}; token loss over "
+        f"{'the full vocabulary' if vocab.ids is None else f'{len(vocab.ids)} tokens'}; precision "
+        f"{precision or accelerator.mixed_precision}; {accelerator.num_processes} process(es) on {device}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     if args.time_budget:
         seconds = time_steps(model, train_set, head_weight, vocab, args, accelerator)
         project(accelerator, args, seconds, total_steps, steps_per_epoch, positions, learned)
@@ -368,15 +410,27 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         epoch_start = time.perf_counter()
         model.train()
         generator = torch.Generator().manual_seed(args.seed + epoch)
-        loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            train_set, batch_size=args.bs, shuffle=True, generator=generator, collate_fn=collate,
-            num_workers=args.num_workers))
+        loader = accelerator.prepare_data_loader(
+            torch.utils.data.DataLoader(
+                train_set,
+                batch_size=args.bs,
+                shuffle=True,
+                generator=generator,
+                collate_fn=collate,
+                num_workers=args.num_workers,
+            )
+        )
         first = skip_batches if epoch == start_epoch else 0
         if first:
             loader = accelerator.skip_first_batches(loader, first)
         totals: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, initial=first,
-                   total=batches_per_epoch)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}",
+            disable=not accelerator.is_local_main_process,
+            initial=first,
+            total=batches_per_epoch,
+        )
         for number, batch in enumerate(bar, start=first):
             step_start = time.perf_counter()
             with accelerator.accumulate(model):
@@ -403,8 +457,14 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{totals['moe_top1'] / max(totals['moe_count'], 1):.3f}")
             last = number + 1 >= batches_per_epoch  # the epoch's end evaluates anyway
             if args.eval_steps and accelerator.sync_gradients and seen["step"] % args.eval_steps == 0 and not last:
-                log({"epoch": epoch, **seen, "lr": scheduler.get_last_lr()[0],
-                     **evaluate(accelerator, model, test_loader, head_weight, args, vocab)})
+                log(
+                    {
+                        "epoch": epoch,
+                        **seen,
+                        "lr": scheduler.get_last_lr()[0],
+                        **evaluate(accelerator, model, test_loader, head_weight, args, vocab),
+                    }
+                )
                 model.train()
             if args.save_steps and (number + 1) % args.save_steps == 0:
                 save_checkpoint(epoch, number + 1)
@@ -412,8 +472,14 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
                 break
         train_metrics = summarise(accelerator, totals, "train")
         test_metrics = evaluate(accelerator, model, test_loader, head_weight, args, vocab)
-        record = {"epoch": epoch, **seen, "lr": scheduler.get_last_lr()[0],
-                  "epoch_seconds": round(time.perf_counter() - epoch_start, 1), **train_metrics, **test_metrics}
+        record = {
+            "epoch": epoch,
+            **seen,
+            "lr": scheduler.get_last_lr()[0],
+            "epoch_seconds": round(time.perf_counter() - epoch_start, 1),
+            **train_metrics,
+            **test_metrics,
+        }
         state_dir = os.path.join(args.cpdir, f"state_{epoch}")
         if accelerator.is_main_process:
             save_draft_head(accelerator.unwrap_model(model), state_dir, getattr(torch, args.save_dtype))
@@ -439,7 +505,9 @@ def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator
         start = time.perf_counter()
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.autocast():
-                loss, _ = compute_loss(probe(batch["hidden_states"], batch["input_ids"]), batch, head_weight, args, vocab)
+                loss, _ = compute_loss(
+                    probe(batch["hidden_states"], batch["input_ids"]), batch, head_weight, args, vocab
+                )
             loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -449,8 +517,9 @@ def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator
     return elapsed / max(min(steps, len(loader) - 1), 1)
 
 
-def project(accelerator, args, seconds: float, total_steps: int, steps_per_epoch: int, positions: int,
-            learned: int) -> None:
+def project(
+    accelerator, args, seconds: float, total_steps: int, steps_per_epoch: int, positions: int, learned: int
+) -> None:
     """Print what ``--time-budget`` allows at ``seconds`` per optimizer step (evaluation not included)."""
     budget = args.time_budget * 3600
     steps = int(budget / max(seconds, 1e-9))
@@ -459,10 +528,13 @@ def project(accelerator, args, seconds: float, total_steps: int, steps_per_epoch
         f"time budget {args.time_budget:g} h at {seconds:.3g} s per optimizer step (measured): about {steps} steps, "
         f"{steps * per_step[0] / 1e6:.2f}M tokens ({steps * per_step[1] / 1e6:.2f}M learned), "
         f"{steps / max(steps_per_epoch, 1):.1f} epochs of this data. This run: {total_steps} steps "
-        f"({args.num_epochs} epochs), projected {total_steps * seconds / 3600:.2f} h")
+        f"({args.num_epochs} epochs), projected {total_steps * seconds / 3600:.2f} h"
+    )
     if total_steps * seconds > budget:
-        accelerator.print(f"warning: {args.num_epochs} epochs exceed the time budget; about "
-                          f"{max(1, steps // max(steps_per_epoch, 1))} epochs fit")
+        accelerator.print(
+            f"warning: {args.num_epochs} epochs exceed the time budget; about "
+            f"{max(1, steps // max(steps_per_epoch, 1))} epochs fit"
+        )
 
 
 def accumulate(totals: dict[str, float], loss: torch.Tensor, terms: dict[str, dict[str, torch.Tensor]]) -> None:

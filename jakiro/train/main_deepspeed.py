@@ -19,7 +19,7 @@ import torch
 
 from ..model.checkpoint import save_draft_head
 from .data import FeatureDataset, collate, sample_files, split
-from .main import ARCHS, compute_loss, draft_config, head_class, load_frozen_base_parts
+from .main import archs, compute_loss, draft_config, head_class, load_frozen_base_parts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tmpdir", required=True)
     p.add_argument("--cpdir", required=True)
     p.add_argument("--configpath", default=None)
-    p.add_argument("--arch", default="jakiro", choices=ARCHS)
+    p.add_argument("--arch", default="jakiro", choices=archs())
     p.add_argument("--num-epochs", type=int, default=20)
     p.add_argument("--max-len", type=int, default=2048)
     p.add_argument("--noise-std", type=float, default=0.2)
@@ -64,10 +64,14 @@ def main(argv=None) -> None:
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(0.9, 0.95))
     train_files, _ = split(sample_files(args.tmpdir), args.test_fraction)
-    engine, _, loader, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer,
-                                                model_parameters=model.parameters(),
-                                                training_data=FeatureDataset(train_files, args.max_len),
-                                                collate_fn=collate)
+    engine, _, loader, _ = deepspeed.initialize(
+        args=args,
+        model=model,
+        optimizer=optimizer,
+        model_parameters=model.parameters(),
+        training_data=FeatureDataset(train_files, args.max_len),
+        collate_fn=collate,
+    )
     dtype = torch.float16 if engine.fp16_enabled() else torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     device = engine.device
     head_weight = head_weight.to(device, dtype)

@@ -8,8 +8,9 @@ from torch import nn
 from ..model.checkpoint import check_state_dict, read_state_dict
 
 
-def load_base_layer(basepath: str, index: int | None,
-                    sample_ids: torch.Tensor | None = None) -> tuple[nn.Module, torch.Tensor, float | None]:
+def load_base_layer(
+    basepath: str, index: int | None, sample_ids: torch.Tensor | None = None
+) -> tuple[nn.Module, torch.Tensor, float | None]:
     """Decoder layer ``index`` (None or -1: the last) of the base model, its final-norm weight (float32)
     and, given ``sample_ids`` [L], the RMS of the residual stream entering that layer on them."""
     from transformers import AutoModelForCausalLM
@@ -20,8 +21,10 @@ def load_base_layer(basepath: str, index: int | None,
     if index is None:
         index = -1
     if not -len(layers) <= index < len(layers):
-        raise ValueError(f"--warm-start-layer {index}: the base model has {len(layers)} decoder layers "
-                         f"(valid: 0..{len(layers) - 1}, or -1 for the last)")
+        raise ValueError(
+            f"--warm-start-layer {index}: the base model has {len(layers)} decoder layers "
+            f"(valid: 0..{len(layers) - 1}, or -1 for the last)"
+        )
     residual = None
     if sample_ids is not None:
         with torch.no_grad():
@@ -37,8 +40,9 @@ def feature_scale(final_norm_weight: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tensor,
-               residual_rms: float | None = None) -> None:
+def warm_start(
+    head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tensor, residual_rms: float | None = None
+) -> None:
     """Start ``head`` (Jakiro MoE or dense EAGLE-2, one layer) as base decoder ``layer`` applied to the features.
 
     * ``fc`` = ``[0 | I]`` (bias 0): the layer's input is the base feature itself; the token embedding
@@ -64,10 +68,14 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
     if len(head.layers) != 1:
         raise ValueError("--warm-start-layer needs a one-layer draft head")
     if not hasattr(layer, "self_attn") or not hasattr(layer, "mlp") or not hasattr(layer.mlp, "gate_proj"):
-        raise ValueError(f"--warm-start-layer needs a LLaMA-style base layer (self_attn, SwiGLU mlp), got {type(layer).__name__}")
+        raise ValueError(
+            f"--warm-start-layer needs a LLaMA-style base layer (self_attn, SwiGLU mlp), got {type(layer).__name__}"
+        )
     if hasattr(ours, "mlp_moe") and not hasattr(ours.mlp_moe.experts[0], "gate_proj"):
-        raise ValueError("--warm-start-layer supports --arch jakiro and eagle2 (Jakiro*'s GELU experts have no "
-                         "counterpart in the base model)")
+        raise ValueError(
+            "--warm-start-layer supports --arch jakiro and eagle2 (Jakiro*'s GELU experts have no "
+            "counterpart in the base model)"
+        )
     hidden = head.fc.weight.shape[0]
     head.fc.weight.zero_()
     head.fc.weight[:, hidden:] = torch.eye(hidden)
@@ -80,8 +88,10 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         source, target = getattr(layer.self_attn, name), getattr(ours.self_attn, name)
         if source.weight.shape != target.weight.shape:
-            raise ValueError(f"--warm-start-layer: base {name} {list(source.weight.shape)} does not fit the head's "
-                             f"{list(target.weight.shape)}")
+            raise ValueError(
+                f"--warm-start-layer: base {name} {list(source.weight.shape)} does not fit the head's "
+                f"{list(target.weight.shape)}"
+            )
         target.weight.copy_(source.weight * scale if name != "o_proj" else source.weight * out_scale)
         if getattr(source, "bias", None) is not None:
             if target.bias is None:
@@ -96,8 +106,10 @@ def warm_start(head: nn.Module, layer: nn.Module, final_norm_weight: torch.Tenso
         for name, weight in (("gate_proj", gate), ("up_proj", up), ("down_proj", down)):
             target = getattr(ours.mlp, name).weight
             if target.shape != weight.shape:
-                raise ValueError(f"--warm-start-layer: base mlp.{name} {list(weight.shape)} does not fit the head's "
-                                 f"{list(target.shape)}")
+                raise ValueError(
+                    f"--warm-start-layer: base mlp.{name} {list(weight.shape)} does not fit the head's "
+                    f"{list(target.shape)}"
+                )
             target.copy_(weight * out_scale if name == "down_proj" else weight)
         return
     moe = ours.mlp_moe

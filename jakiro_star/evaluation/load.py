@@ -13,8 +13,12 @@ def load_model(args: argparse.Namespace):
 
     from ..model.ea_model import EaModel
 
-    return EaModel.from_pretrained(base_model_path=args.base_model_path, ea_model_path=args.ea_model_path,
-                                   tree_choices=args.tree_choices or DEFAULT_TREE, **base_model_kwargs(args))
+    return EaModel.from_pretrained(
+        base_model_path=args.base_model_path,
+        ea_model_path=args.ea_model_path,
+        tree_choices=args.tree_choices or DEFAULT_TREE,
+        **base_model_kwargs(args),
+    )
 
 
 def main(kind: str, template: str) -> str:

@@ -68,8 +68,12 @@ class StaticTree:
 
     def to(self, device: torch.device) -> StaticTree:
         """The same tree with its index tensors on ``device``."""
-        return replace(self, depths=self.depths.to(device), ancestors=self.ancestors.to(device),
-                       levels=tuple(level.to(device) for level in self.levels))
+        return replace(
+            self,
+            depths=self.depths.to(device),
+            ancestors=self.ancestors.to(device),
+            levels=tuple(level.to(device) for level in self.levels),
+        )
 
     @property
     def fed_count(self) -> int:
@@ -95,14 +99,16 @@ class StaticTree:
             nodes = [i for i, p in enumerate(paths) if len(p) == depth]
             fed = [i for i in nodes if i in has_children]
             fed_before += fed
-            levels.append(Level(
-                nodes=torch.tensor(nodes),
-                source_rows=torch.tensor([previous_fed.index(parents[i]) for i in nodes]),
-                ranks=torch.tensor([paths[i][-1] for i in nodes]),
-                fed=torch.tensor(fed, dtype=torch.long),
-                fed_rows=torch.tensor([previous_fed.index(parents[i]) for i in fed], dtype=torch.long),
-                mask=ancestors[fed][:, fed_before],
-            ))
+            levels.append(
+                Level(
+                    nodes=torch.tensor(nodes),
+                    source_rows=torch.tensor([previous_fed.index(parents[i]) for i in nodes]),
+                    ranks=torch.tensor([paths[i][-1] for i in nodes]),
+                    fed=torch.tensor(fed, dtype=torch.long),
+                    fed_rows=torch.tensor([previous_fed.index(parents[i]) for i in fed], dtype=torch.long),
+                    mask=ancestors[fed][:, fed_before],
+                )
+            )
             previous_fed = fed
         return cls(
             paths=tuple(paths),
@@ -119,8 +125,12 @@ def _check_choices(choices, vocab_size: int | None) -> list[tuple[int, ...]]:
         raise ValueError(f"tree_choices must be a non-empty list of paths such as [[0], [1], [0, 0]], got {choices!r}")
     paths = []
     for entry in choices:
-        if (isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or not entry
-                or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in entry)):
+        if (
+            isinstance(entry, (str, bytes))
+            or not isinstance(entry, Sequence)
+            or not entry
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in entry)
+        ):
             raise ValueError(f"tree_choices: {entry!r} is not a non-empty list of ranks (integers >= 0)")
         paths.append(tuple(entry))
     seen = set()
@@ -134,13 +144,16 @@ def _check_choices(choices, vocab_size: int | None) -> list[tuple[int, ...]]:
                 raise ValueError(f"tree_choices: {list(path)} has no parent {list(path[:length])} in the list")
     widest = max(p[-1] for p in paths) + 1
     if vocab_size is not None and widest > vocab_size:
-        raise ValueError(f"tree_choices: rank {widest - 1} needs {widest} draft tokens, the vocabulary has {vocab_size}")
+        raise ValueError(
+            f"tree_choices: rank {widest - 1} needs {widest} draft tokens, the vocabulary has {vocab_size}"
+        )
     return paths
 
 
 @torch.no_grad()
-def grow_static_tree(head: Model, tree: StaticTree, hidden_states: torch.Tensor, input_ids: torch.Tensor,
-                     lm_head: nn.Module) -> DraftTree:
+def grow_static_tree(
+    head: Model, tree: StaticTree, hidden_states: torch.Tensor, input_ids: torch.Tensor, lm_head: nn.Module
+) -> DraftTree:
     """Draft ``tree`` (on the head's device) rooted at ``input_ids[0, -1]``; the other arguments are
     those of ``jakiro.model.draft_tree.grow_tree``.
 
@@ -209,8 +222,10 @@ class StaticTreeDrafter:
 
     def with_size(self, total_tokens: int) -> StaticTreeDrafter:
         if total_tokens != len(self.tree):
-            raise ValueError(f"Jakiro* drafts a static tree of {len(self.tree)} nodes; set_tree(tree_choices=...) "
-                             f"changes it, total_token={total_tokens!r} cannot")
+            raise ValueError(
+                f"Jakiro* drafts a static tree of {len(self.tree)} nodes; set_tree(tree_choices=...) "
+                f"changes it, total_token={total_tokens!r} cannot"
+            )
         return self
 
     def describe(self) -> str:
