@@ -123,11 +123,6 @@ def _dynamic_drafter(head: nn.Module, lm_head: nn.Module, tree: TreeSettings) ->
     return DynamicTreeDrafter(head, lm_head, tree.dynamic_shape(), tree.hybrid_last_level)
 
 
-def layout_of(keys) -> Variant | None:
-    """The variant whose checkpoint layout ``keys`` (a state dict or its keys) have, if any has a marker there."""
-    return for_checkpoint(keys)
-
-
 # Jakiro: the decoupled two-expert MoE head, dynamic tree with the hybrid last level.
 register(
     Variant(
@@ -155,4 +150,4 @@ register(
     )
 )
 
-__all__ = ["TreeSettings", "Variant", "for_checkpoint", "for_head", "get", "layout_of", "register", "variants"]
+__all__ = ["TreeSettings", "Variant", "for_checkpoint", "for_head", "get", "register", "variants"]

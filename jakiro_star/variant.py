@@ -32,9 +32,8 @@ def static_drafter(head: nn.Module, lm_head: nn.Module, tree: TreeSettings) -> S
     given = [name for name in ("total_token", "depth", "top_k") if getattr(tree, name) is not None]
     if given:
         raise ValueError(f"Jakiro* drafts a static tree: pass tree_choices instead of {', '.join(given)}")
-    vocab = head.config.vocab_size if head.draft_vocab is None else head.draft_vocab.numel()
     choices = resolve_choices(DEFAULT_TREE if tree.tree_choices is None else tree.tree_choices)
-    return StaticTreeDrafter(head, lm_head, StaticTree.from_choices(choices, vocab))
+    return StaticTreeDrafter(head, lm_head, StaticTree.from_choices(choices, head.draftable_tokens))
 
 
 VARIANT = Variant(

@@ -79,9 +79,9 @@ def check_state_dict(head: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 f"key {EMBEDDING_KEY}: checkpoint shape {list(state[EMBEDDING_KEY].shape)}, model expects {list(want)}"
             )
     if problems:
-        from ..variants import layout_of
+        from ..variants import for_checkpoint
 
-        found, wanted = layout_of(state), layout_of(expected)
+        found, wanted = for_checkpoint(state), for_checkpoint(expected)
         if found and found != wanted:
             problems.append(
                 f"the checkpoint has the {found.layout_name} layout, this model the "

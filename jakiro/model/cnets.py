@@ -322,6 +322,11 @@ class Model(nn.Module):
         object.__setattr__(self, "draft_vocab", token_ids)
         object.__setattr__(self, "draft_lm_head", sliced.requires_grad_(False))
 
+    @property
+    def draftable_tokens(self) -> int:
+        """How many tokens the head can draft: its draft sub-vocabulary, or the whole vocabulary."""
+        return self.config.vocab_size if self.draft_vocab is None else self.draft_vocab.numel()
+
     def draft_logits(self, features: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Next-token log-probabilities from draft features (float32), over the draft vocabulary."""
         if self.draft_lm_head is not None:

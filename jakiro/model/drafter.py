@@ -99,7 +99,7 @@ class DynamicTreeDrafter:
     """
 
     def __init__(self, head: nn.Module, lm_head: nn.Module, shape: TreeShape, hybrid_last_level: bool = True) -> None:
-        vocab = head.config.vocab_size if head.draft_vocab is None else head.draft_vocab.numel()
+        vocab = head.draftable_tokens
         if shape.branching > vocab:
             raise ValueError(
                 f"top_k (tree branching) must be an integer in [1, {vocab}] (the draft vocabulary), "

@@ -338,8 +338,8 @@ class EaModel(nn.Module):
         """Speculative generation. Returns ``input_ids`` (prompt + new tokens) or, with ``log``,
         ``(input_ids, new_token, idx)`` where ``idx + 1`` is the number of verification steps.
         ``top_k`` here is the sampling top-k (0: off); ``is_llama3`` also stops at ``<|eot_id|>``."""
-        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        ids, new_token, idx = _last(self._speculative(input_ids, settings))
+        prompt, settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        ids, new_token, idx = _last(self._speculative(prompt, settings))
         return (ids, new_token, idx) if log else ids
 
     def ea_generate(
@@ -354,8 +354,8 @@ class EaModel(nn.Module):
         is_llama3: bool = False,
     ) -> Iterator:
         """Like ``eagenerate``, yielding the growing sequence after the first token and every step."""
-        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        for ids, new_token, idx in self._speculative(input_ids, settings):
+        prompt, settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        for ids, new_token, idx in self._speculative(prompt, settings):
             yield (ids, new_token, idx) if log else ids
 
     def naivegenerate(
@@ -372,8 +372,8 @@ class EaModel(nn.Module):
         """Plain token-by-token decoding with the same cache and stop rules (the baseline).
 
         With ``log`` it returns ``(input_ids, new_token, idx)`` with ``idx = new_token - 1``."""
-        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        ids, new_token, idx = _last(self._naive(input_ids, settings))
+        prompt, settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        ids, new_token, idx = _last(self._naive(prompt, settings))
         return (ids, new_token, idx) if log else ids
 
     def naive_generate(
@@ -388,15 +388,14 @@ class EaModel(nn.Module):
         is_llama3: bool = False,
     ) -> Iterator:
         """Generator form of ``naivegenerate``."""
-        settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
-        for ids, new_token, idx in self._naive(input_ids, settings):
+        prompt, settings = self._prepare(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3)
+        for ids, new_token, idx in self._naive(prompt, settings):
             yield (ids, new_token, idx) if log else ids
 
     # ------------------------------------------------------------------ the decoding loops
 
     @torch.no_grad()
-    def _speculative(self, input_ids, settings: SamplingSettings):
-        ids = self._device_ids(input_ids)
+    def _speculative(self, ids: torch.Tensor, settings: SamplingSettings):
         drafter, processor, limit = self.drafter, settings.processor, settings.limit
         self.ea_layer.eval()  # drafting uses the inference form of the MoE block
         prompt_len = ids.shape[1]
@@ -429,8 +428,7 @@ class EaModel(nn.Module):
             yield ids, ids.shape[1] - prompt_len, steps - 1
 
     @torch.no_grad()
-    def _naive(self, input_ids, settings: SamplingSettings):
-        ids = self._device_ids(input_ids)
+    def _naive(self, ids: torch.Tensor, settings: SamplingSettings):
         prompt_len = ids.shape[1]
         cache = self._fresh_cache(settings.limit)
         logits, _ = self._forward(ids, cache, last_logits_only=True)
@@ -513,13 +511,11 @@ class EaModel(nn.Module):
             stops.add(eot)
         return stops
 
-    def _device_ids(self, input_ids) -> torch.Tensor:
-        """``input_ids`` as a [1, T] long tensor on the base model's device."""
-        ids = validate_input_ids(input_ids, self.ea_layer.config.vocab_size)
-        return ids.to(self.base_model.get_input_embeddings().weight.device)
-
-    def _prepare(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3) -> SamplingSettings:
-        """Validate one call's arguments and gather them (``is_llama3`` becomes a stop id)."""
+    def _prepare(
+        self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, is_llama3
+    ) -> tuple[torch.Tensor, SamplingSettings]:
+        """Validate one call's arguments once: the prompt as [1, T] ids on the base model's device, and the
+        rest gathered in ``SamplingSettings`` (``is_llama3`` becomes a stop id)."""
         ids = validate_input_ids(input_ids, self.ea_layer.config.vocab_size)
         if (
             isinstance(temperature, bool)
@@ -537,7 +533,8 @@ class EaModel(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if ids.shape[1] >= max_length:
             raise ValueError(f"the prompt has {ids.shape[1]} tokens, which reaches max_length={max_length}")
-        return SamplingSettings(
+        device = self.base_model.get_input_embeddings().weight.device
+        return ids.to(device), SamplingSettings(
             temperature=float(temperature),
             top_p=float(top_p),
             sampling_top_k=int(top_k),
