@@ -48,6 +48,7 @@ class Tally:
     compared: int = 0
     peak_extra_mb: float = 0.0
     outputs: list = field(default_factory=list)
+    profile: dict = field(default_factory=dict)
 
 
 class PeakMemory:
@@ -134,6 +135,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("results", "bench"))
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="split each speculative step into drafting, base forward, acceptance and the rest, next to the "
+        "same forwards timed alone (on CUDA this synchronises after every phase: profile in a separate run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -266,10 +273,13 @@ def run(args: argparse.Namespace) -> dict:
     bandwidth = memory_bandwidth_gbs(device)
     for run_method in methods.values():  # warm-up
         run_method(inputs[0], 0.0, 8)
+    timers = attach_timers(speculative, device) if args.profile else {}
 
     tallies = {t: {name: Tally() for name in methods} for t in args.temperatures}
     bar = tqdm(total=len(inputs) * len(args.temperatures) * len(methods), desc="bench")
     for temperature in args.temperatures:
+        for timer in timers.values():
+            timer.reset()
         for number, ids in enumerate(inputs):
             reference = None
             for name, run_method in methods.items():
@@ -298,12 +308,52 @@ def run(args: argparse.Namespace) -> dict:
                         tally.compared += 1
                         tally.identical += int(torch.equal(out, reference))
                 bar.update(1)
+        for name, timer in timers.items():
+            tallies[temperature][name].profile = timer.per_step_ms()
     bar.close()
-    return summarise(args, tallies, weight_bytes, bandwidth, device)
+    alone = forwards_alone(speculative, args, inputs) if args.profile else {}
+    return summarise(args, tallies, weight_bytes, bandwidth, device, alone)
 
 
-def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.device) -> dict:
-    rows = []
+def attach_timers(speculative: dict, device: torch.device) -> dict:
+    """A ``StepTimer`` on every speculative model (naive decoding has no steps to split), also timing the
+    draft head's forwards and its draft LM head, when it has its own."""
+    from ..profiling import StepTimer
+
+    timers = {}
+    for name, model in speculative.items():
+        timer = StepTimer(device)
+        model.set_step_timer(timer)
+        timer.watch_forwards(model.ea_layer, "draft_head_forward")
+        if model.ea_layer.draft_lm_head is not None:
+            timer.watch_forwards(model.ea_layer.draft_lm_head, "draft_head_forward")
+        timers[name] = timer
+    return timers
+
+
+def forwards_alone(speculative: dict, args: argparse.Namespace, inputs: list) -> dict:
+    """The forwards of one step timed alone, at the benchmark's mean context (prompt + half the budget):
+    a base forward over the tree, one draft call, and a one-token base forward (``generate``'s step)."""
+    from ..model.tree_cost import measure_costs
+
+    context = int(sum(x.shape[1] for x in inputs) / len(inputs) + args.max_new_tokens / 2)
+    alone = {}
+    for name, model in speculative.items():
+        size = model.drafter.tree_size
+        shape = getattr(model.drafter, "shape", None)
+        shapes = ((shape.depth, shape.branching),) if shape is not None else ()
+        costs = measure_costs(model, sizes=(size,), shapes=shapes, context=context)
+        alone[name] = {
+            "context": context,
+            "base_forward_ms": round(costs.verify_ms[size], 2),
+            "draft_call_ms": round(next(iter(costs.draft_ms.values())), 2) if costs.draft_ms else None,
+            "one_token_ms": round(costs.one_token_ms, 2),
+        }
+    return alone
+
+
+def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.device, alone=None) -> dict:
+    rows, profiles = [], []
     for temperature, by_method in tallies.items():
         plain = by_method.get("generate")
         plain_rate = plain.tokens / plain.seconds if plain and plain.seconds else None
@@ -325,6 +375,11 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
                     "identical": f"{t.identical}/{t.compared} ({t.identical / t.compared:.0%})" if t.compared else None,
                 }
             )
+            if t.profile or (args.profile and name == "generate"):
+                own = (alone or {}).get(name)
+                if name == "generate" and alone:  # its step is the one-token forward timed with any model
+                    own = {"one_token_ms": next(iter(alone.values()))["one_token_ms"]}
+                profiles.append(step_profile(name, temperature, t, own))
     return {
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(device),
@@ -339,6 +394,26 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
         "base_weight_mb": round(weight_bytes / 2**20, 1),
         "memory_bandwidth_gbs": round(bandwidth, 1),
         "rows": rows,
+        "profile": profiles,
+    }
+
+
+def step_profile(name: str, temperature: float, t: Tally, alone: dict | None) -> dict:
+    """One method's step split (ms per step) and the loop's own overhead: everything outside the base
+    model's forward and the draft head's forwards."""
+    steps = max(t.steps, 1)
+    step_ms = 1000 * t.seconds / (t.forwards if name == "generate" else steps)
+    phases = {k: round(v, 2) for k, v in t.profile.items()}
+    forwards_ms = phases.get("base_forward", step_ms if name == "generate" else 0.0) + phases.get(
+        "draft_head_forward", 0.0
+    )
+    return {
+        "method": name,
+        "temperature": temperature,
+        "step_ms": round(step_ms, 2),
+        "phases_ms": phases,
+        "overhead_share": round(1 - forwards_ms / step_ms, 3) if name != "generate" else None,
+        "alone": alone,
     }
 
 
@@ -393,7 +468,39 @@ def markdown(result: dict) -> str:
             for r in ablation:
                 if r["method"] == name:
                     lines.append(f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |")
+    if result.get("profile"):
+        lines += ["", profile_markdown(result["profile"])]
     return "\n".join(lines) + "\n"
+
+
+def profile_markdown(profiles: list[dict]) -> str:
+    """The step-split table: ms per step in each phase, the loop's overhead, the forwards timed alone."""
+    lines = [
+        "Step profile (ms per step; draft = head forwards + the rest of drafting; overhead = all but the base "
+        "and draft-head forwards; alone = the same forwards timed in isolation at the mean context)",
+        "",
+        "| method | T | step | draft: head fwd | draft: rest | mask | base fwd | accept | commit | overhead | "
+        "alone: base fwd | alone: draft call | alone: 1-token fwd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in profiles:
+        ph = p["phases_ms"]
+        head = ph.get("draft_head_forward", 0.0)
+        rest = ph.get("draft", 0.0) - head if "draft" in ph else None
+        alone = p.get("alone") or {}
+
+        def cell(value):
+            return "–" if value is None else f"{value:.1f}"
+
+        share = p["overhead_share"]
+        lines.append(
+            f"| {p['method']} | {p['temperature']:g} | {p['step_ms']:.1f} | {cell(ph.get('draft_head_forward'))} | "
+            f"{cell(rest)} | {cell(ph.get('mask'))} | {cell(ph.get('base_forward'))} | {cell(ph.get('accept'))} | "
+            f"{cell(ph.get('commit'))} | {'–' if share is None else f'{share:.0%}'} | "
+            f"{cell(alone.get('base_forward_ms'))} | {cell(alone.get('draft_call_ms'))} | "
+            f"{cell(alone.get('one_token_ms'))} |"
+        )
+    return "\n".join(lines)
 
 
 def chart(result: dict, path: str) -> None:

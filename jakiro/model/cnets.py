@@ -19,6 +19,7 @@ from torch import nn
 from .attention import additive_mask
 from .configs import EConfig
 from .kv_cache import KVCacheLayer
+from .logits import project
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
@@ -103,11 +104,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
         if cache is not None:
             k, v = cache.update(k, v)
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # Grouped key/value heads are shared inside the kernel (no copy of the whole cache per forward).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -331,7 +329,8 @@ class Model(nn.Module):
         """Next-token log-probabilities from draft features (float32), over the draft vocabulary."""
         if self.draft_lm_head is not None:
             lm_head = self.draft_lm_head
-        return torch.log_softmax(lm_head(features.to(lm_head.weight.dtype)).float(), dim=-1)
+        logits = project(features.to(lm_head.weight.dtype), lm_head.weight, getattr(lm_head, "bias", None))
+        return torch.log_softmax(logits.float(), dim=-1)
 
     def draft_topk(self, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` best (log-probability, token id) pairs of ``draft_logits`` rows."""

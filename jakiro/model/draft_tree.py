@@ -27,13 +27,16 @@ class DraftTree:
     """A token tree; node 0 is the root (the token already chosen by the base model).
 
     ``parents[i] < i`` for every node but the root (``-1``); ``ancestors[i, j]`` is true when node j
-    is node i or one of its ancestors; ``depths[i]`` is the distance from the root.
+    is node i or one of its ancestors; ``depths[i]`` is the distance from the root. A dynamic tree also
+    records ``ranks``: where each node stood among all drafted candidates by score (``tree_cost`` reads
+    them to predict acceptance for smaller trees).
     """
 
     tokens: torch.Tensor  # [N] long
     parents: list[int]
     depths: torch.Tensor  # [N] long
     ancestors: torch.Tensor  # [N, N] bool
+    ranks: torch.Tensor | None = None  # [N] selection rank of each node among all candidates (root: -1)
 
     def __len__(self) -> int:
         return len(self.parents)
@@ -146,7 +149,10 @@ def _select_tree(
     """Keep the ``budget`` best candidates (a child never outranks its parent) and index them as a tree."""
     budget = min(budget, tokens.numel())
     # Stable descending sort: a child scores <= its parent and comes later, so ties keep the parent first.
-    chosen = torch.sort(scores, descending=True, stable=True).indices[:budget].sort().values
+    order = torch.sort(scores, descending=True, stable=True).indices
+    chosen = order[:budget].sort().values
+    rank_of = torch.empty_like(order)
+    rank_of[order] = torch.arange(order.numel(), device=order.device)
     node_of = torch.full_like(parents, -1)
     node_of[chosen] = torch.arange(1, budget + 1, device=chosen.device)
     chosen_parents = parents[chosen]
@@ -168,4 +174,5 @@ def _select_tree(
         parents=parent_list,
         depths=ancestors.sum(1) - 1,
         ancestors=ancestors,
+        ranks=torch.cat((rank_of.new_full((1,), -1), rank_of[chosen])),
     )

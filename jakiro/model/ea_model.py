@@ -10,7 +10,6 @@ differently). Sampled output has the same distribution as plain sampling.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..profiling import NoTimer, StepTimer
 from .attention import attention_pattern, tree_attention_mask
 from .checkpoint import (
     EMBEDDING_KEY,
@@ -34,7 +34,8 @@ from .cnets import Model
 from .configs import EConfig
 from .draft_tree import DraftTree
 from .drafter import Drafter
-from .kv_cache import KVCache, cache_argument
+from .kv_cache import KVCache
+from .logits import BaseForward
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
 TREE_SIZE_CANDIDATES = (8, 12, 16, 24, 32, 40, 48, 60)
@@ -99,8 +100,8 @@ class EaModel(nn.Module):
         self.cache: KVCache | None = None
         self.draft_vocab_ranking: torch.Tensor | None = None
         self.draft_vocab_size = 0
-        self._cache_kwarg = cache_argument(base_model)
-        self._has_logits_to_keep = "logits_to_keep" in inspect.signature(base_model.forward).parameters
+        self._base_forward = BaseForward(base_model)
+        self.step_timer: StepTimer | NoTimer = NoTimer()
         self.eval()
 
     # ------------------------------------------------------------------ construction
@@ -319,6 +320,10 @@ class EaModel(nn.Module):
             raise AttributeError("this model drafts a dynamic tree; it has no tree_choices")
         return self.drafter.tree_choices
 
+    def set_step_timer(self, timer: StepTimer | None) -> None:
+        """Split each speculative step's time into phases with ``timer`` (None: stop profiling)."""
+        self.step_timer = NoTimer() if timer is None else timer
+
     def get_tokenizer(self):
         return self.tokenizer
 
@@ -406,25 +411,29 @@ class EaModel(nn.Module):
         ids, done = self._append(ids, self._next_token(logits[-1], processor, ids), settings)
         steps = 0
         yield ids, ids.shape[1] - prompt_len, steps - 1
+        timer = self.step_timer
         while not done:
+            timer.start()
             tree = drafter.draft(features[None], ids)
+            timer.lap("draft")
             committed = ids.shape[1] - 1  # the root is not in the cache yet
-            logits, hidden = self._forward(
-                tree.tokens[None].to(ids.device),
-                cache,
-                mask=self._tree_mask(committed, tree),
-                positions=(tree.depths + committed)[None].to(ids.device),
-            )
+            mask = self._tree_mask(committed, tree)
+            positions = (tree.depths + committed)[None].to(ids.device)
+            timer.lap("mask")
+            logits, hidden = self._forward(tree.tokens[None].to(ids.device), cache, mask=mask, positions=positions)
+            timer.lap("base_forward")
             if processor is None:
                 path, next_token = verify_greedy(logits, tree)
             else:
                 path, next_token = verify_sampling(logits, tree, processor, ids)
             steps += 1
+            timer.lap("accept")
             path_index = torch.tensor(path, device=ids.device)
             cache.keep(committed, path_index)
             new = torch.cat((tree.tokens[path[1:]].to(ids.device), path_index.new_tensor([next_token])))
             ids, done = self._append(ids, new, settings)
             features = hidden[path_index.to(hidden.device)]
+            timer.lap("commit")
             yield ids, ids.shape[1] - prompt_len, steps - 1
 
     @torch.no_grad()
@@ -447,19 +456,8 @@ class EaModel(nn.Module):
         return self.base_model.get_output_embeddings()
 
     def _forward(self, ids, cache, mask=None, positions=None, last_logits_only=False):
-        """Base-model forward: logits [S, V] and final-norm features [S, H] of the new positions."""
-        kwargs = {self._cache_kwarg: cache}
-        if last_logits_only and self._has_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.base_model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            output_hidden_states=True,
-            **kwargs,
-        )
-        return out.logits[0], out.hidden_states[-1][0]
+        """Base-model forward: logits [S, V] (or [1, V]) and final-norm features [S, H] of the new positions."""
+        return self._base_forward(ids, cache, mask, positions, last_logits_only)
 
     def _tree_mask(self, committed: int, tree: DraftTree) -> torch.Tensor | dict[str, torch.Tensor]:
         """Additive mask(s) [1, 1, N, committed + N]: the prefix plus each node's ancestors, within each

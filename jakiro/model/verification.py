@@ -50,17 +50,24 @@ def target_probs(logits: torch.Tensor, processor: LogitsProcessorList, prefix: t
 
 
 def verify_greedy(logits: torch.Tensor, tree: DraftTree) -> tuple[list[int], int]:
-    """Accepted node path (starting with the root) and the base model's next token after it."""
-    targets = logits.argmax(dim=-1).tolist()
-    tokens = tree.tokens.tolist()
-    children = tree.children()
-    node, path = 0, [0]
-    while True:
-        match = next((c for c in children[node] if tokens[c] == targets[node]), None)
-        if match is None:
-            return path, targets[node]
-        node = match
-        path.append(node)
+    """Accepted node path (starting with the root) and the base model's next token after it.
+
+    All on the device, one transfer: a node matches when its token is its parent's argmax, it is
+    accepted when it and all its ancestors match, and the deepest accepted node ends the path (sibling
+    tokens differ, so the accepted nodes form one path; with repeated siblings any deepest one is
+    equally correct, since every accepted token is the base model's own choice).
+    """
+    targets = logits.argmax(dim=-1)
+    device = targets.device
+    tokens = tree.tokens.to(device)
+    ancestors = tree.ancestors.to(device)
+    parents = torch.tensor(tree.parents, device=device).clamp(min=0)
+    matches = tokens == targets[parents]
+    matches[0] = True
+    accepted = ~(ancestors & ~matches[None]).any(dim=1)
+    deepest = torch.where(accepted, tree.depths.to(device), -1).argmax()
+    path_and_next = torch.cat((ancestors[deepest].nonzero().view(-1), targets[deepest].view(1))).tolist()
+    return path_and_next[:-1], path_and_next[-1]
 
 
 def remove_token(probs: torch.Tensor, token: int) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""Where a decoding step's time goes: a wall-clock split into named phases.
+
+``EaModel.set_step_timer(StepTimer(device))`` makes the speculative loop call ``lap(phase)`` after
+each part of a step (drafting, mask building, the base forward, acceptance, committing); the
+timer adds the time since the previous lap to that phase. ``watch_forwards`` also times every
+forward of a module (the draft head) as its own phase, so drafting splits into head forwards and
+the rest. On CUDA every reading synchronises the device first, which costs time: profile in a
+separate run from the one whose speed you report (``python -m jakiro.evaluation.bench --profile``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+
+class StepTimer:
+    """Accumulated seconds and counts per phase of the decoding loop."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.steps = 0
+        self._last = time.perf_counter()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        """Begin a step (the time before it belongs to no phase)."""
+        self.steps += 1
+        self._last = self._now()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap (or ``start``) to ``phase``."""
+        now = self._now()
+        self.seconds[phase] += now - self._last
+        self.counts[phase] += 1
+        self._last = now
+
+    def watch_forwards(self, module: nn.Module, phase: str) -> list:
+        """Time every forward of ``module`` as ``phase``; returns the hook handles (``.remove()`` them)."""
+        started: list[float] = []
+
+        def before(*_):
+            started.append(self._now())
+
+        def after(*_):
+            self.seconds[phase] += self._now() - started.pop()
+            self.counts[phase] += 1
+
+        return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    def per_step_ms(self) -> dict[str, float]:
+        """Milliseconds per step spent in each phase."""
+        return {phase: 1000 * s / max(self.steps, 1) for phase, s in self.seconds.items()}
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.counts.clear()
+        self.steps = 0
+
+
+class NoTimer:
+    """The loop's timer when nobody profiles: every call does nothing."""
+
+    def start(self) -> None:
+        pass
+
+    def lap(self, phase: str) -> None:
+        pass
+
+
+__all__ = ["NoTimer", "StepTimer"]
