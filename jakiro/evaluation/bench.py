@@ -269,7 +269,9 @@ def run(args: argparse.Namespace) -> dict:
     inputs = prompts(args, tokenizer, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     forwards = [0]
-    base.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    # Count decoder forwards: generate runs them through the model, eagenerate calls the decoder itself.
+    decoder = base.get_decoder() if callable(getattr(base, "get_decoder", None)) else base
+    decoder.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     bandwidth = memory_bandwidth_gbs(device)
     for run_method in methods.values():  # warm-up
         run_method(inputs[0], 0.0, 8)

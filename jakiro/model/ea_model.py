@@ -11,7 +11,7 @@ differently). Sampled output has the same distribution as plain sampling.
 from __future__ import annotations
 
 import math
-import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +38,6 @@ from .kv_cache import KVCache
 from .logits import BaseForward
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
-TREE_SIZE_CANDIDATES = (8, 12, 16, 24, 32, 40, 48, 60)
 # Draft over (at most) this many of the most frequent tokens of the head's training data, when the
 # data ranked at least MIN_RANKED_TOKENS distinct tokens (a smaller ranking comes from too little data).
 DEFAULT_DRAFT_VOCAB_SIZE = 8192
@@ -128,9 +127,12 @@ class EaModel(nn.Module):
         SmolLM2-135M-Instruct and its shipped head are used: ``shipped_head`` is ``"jakiro"`` (the
         default), ``"eagle2"`` or ``"jakiro_star"``. ``hf_kwargs`` go to
         ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``/``dtype``, ``device_map``, ...).
-        The tree: ``total_token`` (nodes including the root; -1 picks it by timing verification on
-        this device), ``depth`` and ``top_k`` for a dynamic tree (defaults 60, 5, 10), or
-        ``tree_choices`` for a Jakiro* static tree. ``variant`` names the head's kind
+        The tree: ``total_token`` (nodes including the root), ``depth`` and ``top_k`` for a dynamic tree
+        (the reference's defaults 60, 5, 10), or ``tree_choices`` for a Jakiro* static tree.
+        ``total_token=-1`` picks the tree with the most expected tokens per second from measurements on
+        this device and of this head (``tree_cost``; also depth and top_k unless given; cached under
+        ``$JAKIRO_CACHE/trees``). With no paths and no tree arguments (the embedded default) a dynamic
+        tree is tuned that way. ``variant`` names the head's kind
         (``jakiro.variants``; default ``cls.default_variant``, or the shipped head's).
         ``draft_vocab_size``: draft over that many of the most frequent tokens of the head's training
         data (``draft_vocab.safetensors`` in the head folder); 0 drafts over the whole vocabulary;
@@ -142,6 +144,8 @@ class EaModel(nn.Module):
         """
         from ..embedded import shipped_head_path
 
+        tree_given = any(v is not None for v in (total_token, depth, top_k, tree_choices))
+        embedded_default = ea_model_path is None and base_model_path is None and not tree_given
         if ea_model_path is None:
             if base_model_path is not None:
                 raise ValueError(
@@ -151,7 +155,7 @@ class EaModel(nn.Module):
             ea_model_path = shipped_head_path(shipped_head)
             variant = variant or shipped_head
         base_model, folder, tokenizer = cls._load_base(base_model_path, ea_model_path, hf_kwargs)
-        return cls.from_base(
+        model = cls.from_base(
             base_model,
             folder,
             tokenizer,
@@ -164,6 +168,10 @@ class EaModel(nn.Module):
             tree_choices=tree_choices,
             variant=variant,
         )
+        low, high = model.tree_size_limits()
+        if embedded_default and low != high:  # the embedded default: the tree this device and head decode fastest with
+            model.set_tree(total_token=-1)
+        return model
 
     @staticmethod
     def _load_base(
@@ -213,8 +221,11 @@ class EaModel(nn.Module):
         folder = resolve_draft_folder(ea_model_path)
         head_class = variants.get(variant or cls.default_variant).head_class
         head = cls._load_head(folder, base_model, head_class)
-        model = cls(base_model, head, tokenizer, total_token, depth, top_k, threshold, tree_choices)
+        tuned = total_token == -1  # tuned once the draft vocabulary is set (it changes costs and acceptance)
+        model = cls(base_model, head, tokenizer, None if tuned else total_token, depth, top_k, threshold, tree_choices)
         model._configure_drafting(folder, draft_vocab_size, draft_dtype)
+        if tuned:
+            model.set_tree(total_token=-1, depth=depth, top_k=top_k)
         return model
 
     @staticmethod
@@ -227,6 +238,7 @@ class EaModel(nn.Module):
 
     def _configure_drafting(self, folder: str, draft_vocab_size: int | None, draft_dtype: torch.dtype | None) -> None:
         """Read the token ranking saved with the head; set the draft vocabulary size and dtype (see ``from_pretrained``)."""
+        self.head_folder = folder
         self.draft_vocab_ranking = read_draft_vocab(folder)
         ranked = 0 if self.draft_vocab_ranking is None else self.draft_vocab_ranking.numel()
         if draft_vocab_size is None:
@@ -273,7 +285,7 @@ class EaModel(nn.Module):
         tree_choices: Any = None,
         hybrid_last_level: bool = True,
     ) -> None:
-        """Set the tree: ``total_token`` nodes including the root (-1: time it), ``depth`` and ``top_k``
+        """Set the tree: ``total_token`` nodes including the root (-1: tune it, see ``tree_cost``), ``depth`` and ``top_k``
         (tree branching) for a dynamic tree, or ``tree_choices`` for a static one (see ``from_pretrained``).
         ``hybrid_last_level=False`` drafts a Jakiro head's last level with a full forward (ablation)."""
         from ..variants import TreeSettings
@@ -282,11 +294,39 @@ class EaModel(nn.Module):
             total_token, tree_choices = None, total_token
         timed = total_token == -1
         settings = TreeSettings(None if timed else total_token, depth, top_k, tree_choices, hybrid_last_level)
-        self._use_drafter(self._make_drafter(settings))
+        self._use_drafter(self._make_drafter(settings))  # validates the settings
         self.tree_settings = settings
         if timed:
-            largest = self.drafter.size_limits()[1]
-            self.set_tree_size(min(self.choose_tree_size(), largest))
+            self.tree_choice = self._tuned_tree(depth, top_k)
+            shape = self.tree_choice.shape
+            settings = TreeSettings(shape.total_tokens, shape.depth, shape.branching, None, hybrid_last_level)
+            self._use_drafter(self._make_drafter(settings))
+            self.tree_settings = settings
+
+    def _tuned_tree(self, depth: int | None, top_k: int | None):
+        """The tree (size, and depth/branching unless given) with the most expected tokens per second on this
+        device for this head (``tree_cost``: measured costs and acceptance, cached)."""
+        from .tree_cost import SHAPES, tuned_shape
+
+        low, high = self.drafter.size_limits()
+        if low == high:
+            raise NotImplementedError(
+                f"this model drafts a static tree ({self.drafter.describe()}): its size is fixed; "
+                "pick another tree_choices instead"
+            )
+        shapes = (
+            SHAPES if depth is None and top_k is None else ((self.drafter.shape.depth, self.drafter.shape.branching),)
+        )
+        choice, costs = tuned_shape(self, shapes, getattr(self, "head_folder", None))
+        plain = 1000 / costs.one_token_ms
+        if choice.tokens_per_s < plain:
+            warnings.warn(
+                f"with this draft head, speculative decoding is predicted slower than plain decoding on this device "
+                f"({choice.tokens_per_s:.1f} vs {plain:.1f} tokens/s at τ {choice.tau:.2f}; {costs.device}): "
+                "a better-trained head, or naivegenerate, decodes faster here",
+                stacklevel=3,
+            )
+        return choice
 
     def _make_drafter(self, settings) -> Drafter:
         from .. import variants
@@ -543,56 +583,11 @@ class EaModel(nn.Module):
 
     # ------------------------------------------------------------------ tree-size tuning
 
-    @torch.no_grad()
-    def choose_tree_size(self, context: int = 256, repeats: int = 5) -> int:
-        """Pick ``total_token`` for this device by timing verification forwards.
-
-        For each candidate size N we time a base-model forward of N tokens on a ``context``-token
-        cache, add one drafting pass, and divide by an assumed acceptance length
-        ``1 + 0.6 * log2(N)`` (the shape of EAGLE-2's tau-versus-tree-size curve; about 4.5 at
-        N=60). The N with the most tokens per second wins.
-        """
-        device = self.base_model.get_input_embeddings().weight.device
-        vocab = self.ea_layer.config.vocab_size
-        generator = torch.Generator().manual_seed(0)
-        prompt = torch.randint(0, vocab, (1, context), generator=generator).to(device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        low, high = self.drafter.size_limits()
-        if low == high:
-            raise NotImplementedError(
-                f"this model drafts a static tree ({self.drafter.describe()}): its size is fixed; "
-                "pick another tree_choices instead"
-            )
-        best, best_rate = TREE_SIZE_CANDIDATES[0], 0.0
-        for size in TREE_SIZE_CANDIDATES:
-            if not low <= size <= high:
-                continue
-            drafter = self.drafter.with_size(size)
-            cache = self._fresh_cache(context + size + 1)
-            drafter.reset(context + drafter.cache_positions + 1)
-            _, features = self._forward(prompt, cache, last_logits_only=True)
-            ids = torch.cat((prompt, prompt[:, :1]), dim=1)
-            timings = []
-            for repeat in range(repeats + 2):
-                drafter.head.set_kv_length(0)
-                cache.set_length(context)
-                sync()
-                start = time.perf_counter()
-                tree = drafter.draft(features[None], ids)
-                self._forward(
-                    tree.tokens[None].to(device),
-                    cache,
-                    self._tree_mask(context, tree),
-                    (tree.depths + context)[None].to(device),
-                )
-                sync()
-                if repeat >= 2:
-                    timings.append(time.perf_counter() - start)
-            rate = (1 + 0.6 * math.log2(size)) / sorted(timings)[len(timings) // 2]
-            if rate > best_rate:
-                best, best_rate = size, rate
-        self.cache = None
-        return best
+    def choose_tree_size(self) -> int:
+        """The ``total_token`` with the most expected tokens per second for the current depth and branching
+        on this device (see ``set_tree(total_token=-1)`` and ``tree_cost``)."""
+        shape = self.drafter.shape if hasattr(self.drafter, "shape") else None
+        return self._tuned_tree(*(None, None) if shape is None else (shape.depth, shape.branching)).shape.total_tokens
 
 
 def _last(steps: Iterator):

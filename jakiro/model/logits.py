@@ -25,9 +25,9 @@ from .kv_cache import cache_argument
 
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T (+ bias)`` for ``x`` of shape [..., H] and ``weight`` [V, H]."""
-    if x.device.type != "cpu":
-        return nn.functional.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
+    if x.device.type != "cpu" or rows.shape[0] == 1:  # one row: the plain form is as fast
+        return nn.functional.linear(x, weight, bias)
     out = (weight @ rows.T).T
     if bias is not None:
         out = out + bias

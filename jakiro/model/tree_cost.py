@@ -25,9 +25,11 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm import tqdm
 
 from .drafter import DynamicTreeDrafter, TreeShape
 
@@ -35,12 +37,11 @@ if TYPE_CHECKING:
     from .ea_model import EaModel
 
 VERIFY_SIZES = (2, 4, 8, 12, 16, 24, 32, 48, 64)
-SHAPES = tuple((depth, branching) for depth in (2, 3, 4, 5, 6) for branching in (2, 3, 4, 6, 8))
+SHAPES = tuple((depth, branching) for depth in (1, 2, 3, 4, 5, 6) for branching in (2, 3, 4, 6, 8))
 # Generic prompts for the acceptance estimate; never benchmark questions.
 ACCEPTANCE_PROMPTS = (
     "Explain how a refrigerator keeps food cold, step by step.",
     "Write a Python function that returns the n-th Fibonacci number, with a docstring.",
-    "Give me three tips for writing a clear email to a colleague.",
 )
 
 
@@ -79,22 +80,33 @@ def device_description(model: EaModel) -> str:
                 name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
+    return f"{name} | {torch.get_num_threads()} threads | {model.base_model.dtype} | {base_fingerprint(model)}"
+
+
+def base_fingerprint(model: EaModel) -> str:
+    """The base model's name, a digest of its config and a sample of its embedding weights."""
     config = model.base_model.config
-    base = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")
-    return f"{name} | {torch.get_num_threads()} threads | {model.base_model.dtype} | {os.path.basename(str(base))}"
+    name = os.path.basename(str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")))
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+    digest.update(model.base_model.get_input_embeddings().weight.detach().flatten()[:4096].float().cpu().numpy())
+    return f"{name} {digest.hexdigest()[:12]}"
 
 
-def _timed(fn, repeats: int, sync) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` runs after two warm-up runs."""
-    times = []
-    for repeat in range(repeats + 2):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        if repeat >= 2:
-            times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+def _timed_round_robin(calls: dict, repeats: int, sync, bar=None) -> dict:
+    """Median milliseconds of each ``calls[key]()``, timed in turns (so a change in machine load hits every
+    key alike) after one warm-up turn."""
+    times: dict = {key: [] for key in calls}
+    for turn in range(repeats + 1):
+        for key, fn in calls.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if turn:
+                times[key].append(time.perf_counter() - start)
+        if bar is not None:
+            bar.update(1)
+    return {key: 1000 * sorted(t)[len(t) // 2] for key, t in times.items()}
 
 
 @torch.no_grad()
@@ -111,7 +123,7 @@ def measure_costs(
     vocab = model.ea_layer.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (1, context), generator=generator).to(device)
-    largest = max(max(sizes), max(TreeShape(2, d, k).max_total_tokens for d, k in shapes))
+    largest = max((*sizes, *(TreeShape(2, d, k).max_total_tokens for d, k in shapes)))
     cache = model._fresh_cache(context + largest + 1)
     _, features = model._forward(prompt, cache, last_logits_only=True)
     ids = torch.cat((prompt, prompt[:, :1]), dim=1)
@@ -121,28 +133,33 @@ def measure_costs(
         mask = model._tree_mask(context, tree)
         model._forward(tree.tokens[None].to(device), cache, mask, (tree.depths + context)[None].to(device))
 
-    verify_ms = {}
-    for size in sizes:
-        tree = _chain_tree(size, device)  # a forward's cost depends on the node count, not the tree's shape
-        verify_ms[size] = _timed(lambda tree=tree: verify(tree), repeats, sync)
-    one_token_ms = _timed(lambda: verify(_chain_tree(1, device)), repeats, sync)
-
-    draft_ms = {}
+    verify_calls = {size: partial(verify, _chain_tree(size, device)) for size in (1, *sizes)}
     head = model.ea_layer
+    hybrid = getattr(model.drafter, "hybrid_last_level", True)
+    draft_calls = {}
     for depth, branching in shapes:
         shape = TreeShape(TreeShape(2, depth, branching).max_total_tokens, depth, branching)
-        drafter = DynamicTreeDrafter(head, model.lm_head, shape, getattr(model.drafter, "hybrid_last_level", True))
-        drafter.reset(context + shape.cache_positions + 1)
-        head.set_kv_length(0)
-        drafter.draft(features[None], ids)  # commits the context to the head's cache
+        draft_calls[f"{depth},{branching}"] = partial(
+            _draft_once, DynamicTreeDrafter(head, model.lm_head, shape, hybrid), features, ids
+        )
+    head.reset_kv(context + max(TreeShape(2, d, k).cache_positions for d, k in shapes or ((1, 1),)) + 1)
+    head.set_kv_length(0)
+    head(features[None], ids[:, 1:], use_cache=True, last_only=True)  # commits the context to the head's cache
 
-        def draft(drafter=drafter):
-            drafter.draft(features[None, -1:], ids)  # one new feature per step, as in decoding
-            head.set_kv_length(context)
-
-        draft_ms[f"{depth},{branching}"] = _timed(draft, repeats, sync)
+    bar = tqdm(total=2 * (repeats + 1), desc="tree costs on this device", leave=False)
+    verify_ms = _timed_round_robin(verify_calls, repeats, sync, bar)
+    draft_ms = _timed_round_robin(draft_calls, repeats, sync, bar) if draft_calls else {}
+    bar.close()
+    one_token_ms = verify_ms.pop(1)
     model.cache = None
     return DeviceCosts(device_description(model), verify_ms, draft_ms, one_token_ms)
+
+
+def _draft_once(drafter: DynamicTreeDrafter, features: torch.Tensor, ids: torch.Tensor) -> None:
+    """One draft step after the committed context: one new feature, as in decoding (then forgotten again)."""
+    committed = drafter.head.kv_length
+    drafter.draft(features[None, -1:], ids)
+    drafter.head.set_kv_length(committed)
 
 
 def _chain_tree(size: int, device: torch.device):
@@ -163,7 +180,7 @@ def measure_acceptance(
     model: EaModel,
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     prompts: tuple[str, ...] = ACCEPTANCE_PROMPTS,
-    new_tokens: int = 48,
+    new_tokens: int = 40,
 ) -> dict[str, list[list[int]]]:
     """Per (depth, branching) ``"D,K"``: for every drafting position along greedy continuations of
     ``prompts``, the selection ranks (0 = best candidate) of the true continuation's nodes, in order,
@@ -176,6 +193,7 @@ def measure_acceptance(
     head = model.ea_layer
     hybrid = getattr(model.drafter, "hybrid_last_level", True)
     ranks: dict[str, list[list[int]]] = {f"{d},{k}": [] for d, k in shapes}
+    bar = tqdm(total=len(sequences) * len(shapes), desc="tree acceptance of this head", leave=False)
     for sequence in sequences:
         cache = model._fresh_cache(sequence.shape[1] + 1)
         _, features = model._forward(sequence, cache)
@@ -189,6 +207,8 @@ def measure_acceptance(
                 tree = drafter.draft(features[None, seen:root], sequence[:, : root + 1])
                 seen = root
                 ranks[f"{depth},{branching}"].append(_truth_ranks(tree, sequence[0, root + 1 :].tolist()))
+            bar.update(1)
+    bar.close()
     model.cache = None
     return ranks
 
@@ -288,15 +308,15 @@ def _write(path: str, key: str, value) -> None:
     os.replace(tmp, path)
 
 
-def cached_costs(model: EaModel) -> DeviceCosts:
+def cached_costs(model: EaModel, shapes: tuple[tuple[int, int], ...] = SHAPES) -> DeviceCosts:
     """``measure_costs`` for this machine, threads, dtype and base model, measured once and cached."""
-    key = device_description(model)
+    key = f"{device_description(model)} | shapes {shapes}"
     path = _cache_file("costs", key)
     stored = _read(path, key)
     if stored is not None:
         stored["verify_ms"] = {int(n): ms for n, ms in stored["verify_ms"].items()}
         return DeviceCosts(**stored)
-    costs = measure_costs(model)
+    costs = measure_costs(model, shapes=shapes)
     _write(path, key, asdict(costs))
     return costs
 
@@ -315,22 +335,53 @@ def head_fingerprint(model: EaModel) -> str:
     )
 
 
-def cached_acceptance(model: EaModel) -> dict[str, list[list[int]]]:
-    """``measure_acceptance`` for this head and base model, measured once and cached."""
-    key = head_fingerprint(model)
-    path = _cache_file("acceptance", key)
-    stored = _read(path, key)
-    if stored is not None:
-        return stored
-    ranks = measure_acceptance(model)
-    _write(path, key, ranks)
+ACCEPTANCE_FILE = "tree_acceptance.json"
+
+
+def cached_acceptance(
+    model: EaModel, shapes: tuple[tuple[int, int], ...] = SHAPES, head_folder: str | None = None
+) -> dict[str, list[list[int]]]:
+    """``measure_acceptance`` for this head, draft vocabulary and base model: read from the head folder's
+    ``tree_acceptance.json`` (shipped heads carry one) or the cache when one matches, else measured and cached."""
+    key = f"{head_fingerprint(model)} | shapes {shapes}"
+    for path in ([os.path.join(head_folder, ACCEPTANCE_FILE)] if head_folder else []) + [
+        _cache_file("acceptance", key)
+    ]:
+        stored = _read(path, key)
+        if stored is not None:
+            return stored
+    ranks = measure_acceptance(model, shapes)
+    _write(_cache_file("acceptance", key), key, ranks)
     return ranks
+
+
+def write_acceptance(model: EaModel, head_folder: str, shapes: tuple[tuple[int, int], ...] = SHAPES) -> str:
+    """Measure the acceptance table and store it with the head (``tree_acceptance.json``), for shipping."""
+    key = f"{head_fingerprint(model)} | shapes {shapes}"
+    path = os.path.join(head_folder, ACCEPTANCE_FILE)
+    _write(path, key, measure_acceptance(model, shapes))
+    return path
+
+
+def tuned_shape(
+    model: EaModel, shapes: tuple[tuple[int, int], ...] = SHAPES, head_folder: str | None = None, largest: int = 64
+) -> tuple[TreeChoice, DeviceCosts]:
+    """The tree with the most expected tokens per second for this head on this device (both measured, cached),
+    and the device costs it was chosen from."""
+    width = model.ea_layer.draftable_tokens
+    shapes = tuple((d, k) for d, k in shapes if k <= width)
+    if not shapes:
+        raise ValueError(f"no tree shape fits a draft vocabulary of {width} tokens")
+    costs = cached_costs(model, shapes)
+    return choose_tree(costs, cached_acceptance(model, shapes, head_folder), largest), costs
 
 
 __all__ = [
     "DeviceCosts",
     "TreeChoice",
     "cached_acceptance",
+    "tuned_shape",
+    "write_acceptance",
     "cached_costs",
     "choose_tree",
     "expected_tau",
