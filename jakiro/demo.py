@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from .device import DTYPE_CHOICES, dtype_warning, resolve_dtype
 from .metrics import acceptance_length
 
 
@@ -23,22 +24,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shipped-head", default="jakiro", choices=["jakiro", "eagle2"])
     parser.add_argument("--prompt", default="What is the capital of France? Answer in two sentences.")
     parser.add_argument("--max-new-tokens", "--max_new_token", type=int, default=64)
-    parser.add_argument("--total-token", "--total_token", type=int, default=12)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--top-k", "--top_k", type=int, default=4)
+    parser.add_argument(
+        "--total-token",
+        "--total_token",
+        type=int,
+        default=None,
+        help="tree nodes incl. the root; -1 tunes it for this device and head (the embedded default without tree flags)",
+    )
+    parser.add_argument("--depth", type=int, default=None)
+    parser.add_argument("--top-k", "--top_k", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_CHOICES,
+        help="float32 is exact; auto: bfloat16 where the hardware has native bf16 units (CUDA, avx512_bf16/AMX)",
+    )
     return parser.parse_args(argv)
 
 
 def load(args: argparse.Namespace):
     from .model.ea_model import EaModel
 
+    dtype = resolve_dtype(args.dtype)
+    if dtype_warning(dtype):
+        print(f"note: {dtype_warning(dtype)}")
     return EaModel.from_pretrained(
         args.base_model_path,
         args.ea_model_path,
         shipped_head=args.shipped_head,
-        dtype=getattr(torch, args.dtype),
+        dtype=dtype,
         total_token=args.total_token,
         depth=args.depth,
         top_k=args.top_k,

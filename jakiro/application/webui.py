@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
+from ..device import DTYPE_CHOICES, dtype_warning, resolve_dtype  # noqa: E402
 from ..ge_data.templates import prompt_ids  # noqa: E402
 from .streaming import Generation, ModelRunner  # noqa: E402
 
@@ -401,16 +402,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--total_token",
         type=int,
         default=None,
-        help="draft tree nodes including the root (default 12 for the embedded model, else 60)",
+        help="draft tree nodes including the root (-1: tuned for this device and head, the default for the "
+        "embedded model; else 60)",
     )
-    parser.add_argument("--depth", type=int, default=None, help="draft depth (default 3 embedded, else 5)")
+    parser.add_argument("--depth", type=int, default=None, help="draft depth (default: tuned embedded, else 5)")
     parser.add_argument(
-        "--top-k", "--top_k", type=int, default=None, help="draft branching (default 4 embedded, else 10)"
+        "--top-k", "--top_k", type=int, default=None, help="draft branching (default: tuned embedded, else 10)"
     )
     parser.add_argument(
         "--max-new-tokens", "--max_new_token", type=int, default=256, help="initial max-new-tokens slider value"
     )
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_CHOICES,
+        help="float32 is exact; auto: bfloat16 where the hardware has native bf16 units (CUDA, avx512_bf16/AMX)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves the network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
@@ -422,20 +429,24 @@ def load_model(args: argparse.Namespace) -> Any:
     from ..model.ea_model import EaModel
 
     embedded = args.base_model_path is None and args.ea_model_path is None
-    defaults = (12, 3, 4) if embedded else (60, 5, 10)
-    total_token, depth, top_k = (
-        value if value is not None else default
-        for value, default in zip((args.total_token, args.depth, args.top_k), defaults)
-    )
+    tree = (args.total_token, args.depth, args.top_k)
+    if not embedded or any(value is not None for value in tree):  # the embedded model without tree flags: tuned
+        total_token, depth, top_k = (
+            value if value is not None else default for value, default in zip(tree, (60, 5, 10))
+        )
+        tree = (total_token, depth, top_k)
     extra = {"device_map": "cuda"} if torch.cuda.is_available() else {}
+    dtype = resolve_dtype(args.dtype)
+    if dtype_warning(dtype):
+        print(f"note: {dtype_warning(dtype)}", flush=True)
     return EaModel.from_pretrained(
         args.base_model_path,
         args.ea_model_path,
-        total_token=total_token,
-        depth=depth,
-        top_k=top_k,
+        total_token=tree[0],
+        depth=tree[1],
+        top_k=tree[2],
         shipped_head=args.shipped_head,
-        dtype=getattr(torch, args.dtype),
+        dtype=dtype,
         **extra,
     )
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import DTYPE_CHOICES, resolve_dtype
 from ..metrics import acceptance_length
 
 DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star"]
@@ -119,7 +120,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--questions", type=int, default=80, help="first N questions (first turns)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_CHOICES,
+        help="base model dtype; float32 is exact; auto: bfloat16 where the hardware has native bf16 units",
+    )
     parser.add_argument("--total-token", type=int, default=12, help="tree size incl. root (-1: time it)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
@@ -152,7 +158,7 @@ def load_methods(args: argparse.Namespace, device: torch.device):
     from ..model.ea_model import EaModel
 
     path = args.base_model_path or smollm2_path()
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device).eval()
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, device)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     eos = base.generation_config.eos_token_id
     heads = {
@@ -385,12 +391,12 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
     return {
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(device),
-        "dtype": args.dtype,
+        "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
         "questions": args.questions,
         "max_new_tokens": args.max_new_tokens,
         "tree": {"total_token": args.total_token, "depth": args.depth, "top_k": args.top_k},
         "draft_vocab_size": args.draft_vocab_size,
-        "draft_dtype": args.draft_dtype or args.dtype,
+        "draft_dtype": args.draft_dtype or str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
         "jakiro_star_tree": args.tree_choices,
         "torch_threads": torch.get_num_threads(),
         "base_weight_mb": round(weight_bytes / 2**20, 1),

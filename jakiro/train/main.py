@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import variants
+from ..device import cpu_has_fast_bf16
 from ..model.checkpoint import save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
@@ -134,25 +135,6 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
-
-
-def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX); without it bf16 is slower than fp32.
-
-    Reads the flags of ``/proc/cpuinfo`` (or the given text); torch's probes where it has them.
-    """
-    if cpuinfo is None:
-        probes = getattr(torch._C, "_cpu", None)
-        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-            if probes is not None and hasattr(probes, probe) and getattr(probes, probe)():
-                return True
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_mixed_precision(setting: str | None) -> str | None:

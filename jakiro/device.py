@@ -1,0 +1,63 @@
+"""What the machine is good at: native bf16 on this CPU, and the model dtype to use for a ``--dtype`` flag.
+
+float32 is exactly lossless (greedy output equals ``generate``'s token for token). Half precision is
+faster where the hardware multiplies it natively (CUDA GPUs; CPUs with avx512_bf16 or AMX), but a tree
+forward and a one-token forward round differently, so greedy output matches ``generate`` only up to
+rounding near ties: a measured rate, not a guarantee. On CPUs without bf16 units bf16 is much slower
+than float32 (emulated), which ``dtype_warning`` says.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX); without it bf16 is slower than fp32.
+
+    Reads the flags of ``/proc/cpuinfo`` (or the given text); torch's probes where it has them.
+    """
+    if cpuinfo is None:
+        probes = getattr(torch._C, "_cpu", None)
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            if probes is not None and hasattr(probes, probe) and getattr(probes, probe)():
+                return True
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """The torch dtype of a ``--dtype`` value; ``auto``: bfloat16 on CUDA and on CPUs with native bf16,
+    float32 elsewhere (where it is also the exact choice)."""
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
+    if name != "auto":
+        return getattr(torch, name)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def dtype_warning(dtype: torch.dtype, device: str | torch.device = "cpu") -> str | None:
+    """A sentence for the user when ``dtype`` is a poor or inexact choice on ``device``, else None."""
+    device = torch.device(device)
+    if dtype == torch.float32:
+        return None
+    note = (
+        f"{str(dtype).removeprefix('torch.')}: greedy output equals generate's only up to rounding near ties "
+        "(float32 is exact)"
+    )
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        note += "; this CPU has no native bf16/fp16 matrix units, so it is also much slower than float32 here"
+    return note
+
+
+__all__ = ["DTYPE_CHOICES", "cpu_has_fast_bf16", "dtype_warning", "resolve_dtype"]
