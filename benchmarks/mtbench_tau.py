@@ -2,9 +2,11 @@
 
     python benchmarks/mtbench_tau.py [--questions 20] [--max-new-tokens 128] [--heads jakiro eagle2]
     python benchmarks/mtbench_tau.py --heads old=path/to/state_1 new=path/to/state_2 ...   # any head folders
+    python benchmarks/mtbench_tau.py --sets mt_bench humaneval gsm8k alpaca qa sum --data-dir ../shared/data
 
 Greedy, float32, one process; plain decoding is ``naivegenerate`` (same cache and stop rules).
-Writes ``results/mtbench_tau.json``.
+``--sets`` measures other question sets (``DATA_DIR/<set>/question.jsonl``, first ``--questions`` of each;
+``mt_bench`` alone uses the package's MT-bench file). Writes ``results/mtbench_tau.json``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import torch
 
+from jakiro.evaluation.bench import hardware
 from jakiro.evaluation.questions import load_questions
 from jakiro.model.ea_model import EaModel
 
@@ -37,12 +39,19 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--no-plain", action="store_true", help="measure tau only (no plain-decoding timing)")
+    parser.add_argument("--sets", nargs="+", default=["mt_bench"], help="question sets (see --data-dir)")
+    parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
     parser.add_argument("--out", default="results/mtbench_tau.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    questions = load_questions(end=args.questions)
+    question_sets = {}
+    for name in args.sets:
+        path = os.path.join(args.data_dir, name, "question.jsonl")
+        if name != "mt_bench" and not os.path.isfile(path):
+            raise SystemExit(f"no question file for set {name!r}: {path} (see --data-dir)")
+        question_sets[name] = load_questions(path if name != "mt_bench" else None, end=args.questions)
     results = {
-        "hardware": platform.processor() or platform.machine(),
+        "hardware": hardware(torch.device("cpu")),
         "dtype": "float32",
         "settings": vars(args),
         "heads": {},
@@ -60,44 +69,52 @@ def main() -> None:
             dtype=torch.float32,
             draft_vocab_size=args.draft_vocab_size,
         )
-        tok = model.tokenizer
-        prompts = [
-            tok.apply_chat_template(
-                [{"role": "user", "content": q["turns"][0]}],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            )["input_ids"]
-            for q in questions
-        ]
-        model.eagenerate(prompts[0], max_new_tokens=16)
-        model.naivegenerate(prompts[0], max_new_tokens=16)
-        new = steps = identical = 0
-        spec_time = plain_time = plain_new = 0.0
-        for ids in prompts:
-            start = time.perf_counter()
-            out, n, idx = model.eagenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
-            spec_time += time.perf_counter() - start
-            new, steps = new + n, steps + idx + 1
-            if args.no_plain:
-                continue
-            start = time.perf_counter()
-            ref, n_plain, _ = model.naivegenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
-            plain_time += time.perf_counter() - start
-            plain_new += n_plain
-            identical += int(torch.equal(out, ref))
-        row = {"tau": new / steps, "tokens": new, "steps": steps, "spec_tok_s": new / spec_time}
-        if not args.no_plain:
-            row.update(
-                plain_tok_s=plain_new / plain_time,
-                speedup=(new / spec_time) / (plain_new / plain_time),
-                identical=f"{identical}/{len(prompts)}",
-            )
-        results["heads"][kind] = row
-        print(kind, json.dumps(row), flush=True)
+        for set_name, questions in question_sets.items():
+            row = measure(model, questions, args)
+            key = kind if set_name == "mt_bench" else f"{kind}/{set_name}"
+            results["heads"][key] = row
+            print(key, json.dumps(row), flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
+
+
+def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> dict:
+    """τ, tokens/s and identity with plain decoding over the first turns of ``questions``."""
+    tok = model.tokenizer
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": q["turns"][0]}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        for q in questions
+    ]
+    model.eagenerate(prompts[0], max_new_tokens=16)
+    model.naivegenerate(prompts[0], max_new_tokens=16)
+    new = steps = identical = 0
+    spec_time = plain_time = plain_new = 0.0
+    for ids in prompts:
+        start = time.perf_counter()
+        out, n, idx = model.eagenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
+        spec_time += time.perf_counter() - start
+        new, steps = new + n, steps + idx + 1
+        if args.no_plain:
+            continue
+        start = time.perf_counter()
+        ref, n_plain, _ = model.naivegenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
+        plain_time += time.perf_counter() - start
+        plain_new += n_plain
+        identical += int(torch.equal(out, ref))
+    row = {"tau": new / steps, "tokens": new, "steps": steps, "spec_tok_s": new / spec_time, "prompts": len(prompts)}
+    if not args.no_plain:
+        row.update(
+            plain_tok_s=plain_new / plain_time,
+            speedup=(new / spec_time) / (plain_new / plain_time),
+            identical=f"{identical}/{len(prompts)}",
+        )
+    return row
 
 
 if __name__ == "__main__":
