@@ -142,6 +142,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("results", "bench"))
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the speculative methods' verification forward (generate stays eager)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="split each speculative step into drafting, base forward, acceptance and the rest, next to the "
@@ -219,6 +224,8 @@ def load_methods(args: argparse.Namespace, device: torch.device):
                     model.set_tree(
                         total_token=args.total_token, depth=args.depth, top_k=args.top_k, hybrid_last_level=False
                     )
+                if args.compile:
+                    model.compile_verification()
                 speculative[name] = model
             methods[name] = ea_runner(model, name == "naive")
     return base, tokenizer, methods, speculative
@@ -396,6 +403,7 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
         "max_new_tokens": args.max_new_tokens,
         "tree": {"total_token": args.total_token, "depth": args.depth, "top_k": args.top_k},
         "draft_vocab_size": args.draft_vocab_size,
+        "compiled": bool(args.compile),
         "draft_dtype": args.draft_dtype or str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
         "jakiro_star_tree": args.tree_choices,
         "torch_threads": torch.get_num_threads(),
@@ -443,6 +451,7 @@ def markdown(result: dict) -> str:
         f"{result['tree']['top_k']} (total/depth/top_k; Jakiro* {result['jakiro_star_tree']}), draft head "
         f"{result['draft_dtype']}, draft vocabulary {result['draft_vocab_size'] or 'default'}, base weights {result['base_weight_mb']} MB, "
         f"measured copy bandwidth {result['memory_bandwidth_gbs']} GB/s"
+        + (", speculative verification forward torch.compiled (generate eager)" if result.get("compiled") else "")
     )
     if result["dtype"] != "float32":
         head += (

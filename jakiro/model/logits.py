@@ -53,6 +53,17 @@ class BaseForward:
         features = out.last_hidden_state[0]
         return self.logits(features[-1:] if last_logits_only else features), features
 
+    def compile(self, mode: str | None = None) -> None:
+        """``torch.compile`` the decoder (dynamic shapes: the cache grows every step, so one compilation serves
+        every step). Compiling takes a minute or two on a CPU, once per process; the output differs from the
+        eager forward only by float rounding (greedy output stays identical to ``generate`` in float32)."""
+        if self.decoder is None:
+            raise RuntimeError(
+                "this base model keeps its plain forward (its logits are not the decoder's features times the "
+                "LM head), which is not compiled here"
+            )
+        self.decoder = torch.compile(self.decoder, dynamic=True, mode=mode)
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The LM head (and final soft-capping, if the model has it) on ``features`` [S, H]."""
         head = self.model.get_output_embeddings()

@@ -1,0 +1,55 @@
+"""The lean decoding step: the decoder's features and our own LM head, the fast projection, compilation."""
+
+import pytest
+import torch
+
+from jakiro.model.logits import BaseForward, project
+from jakiro.testing import prompt, tiny_base, tiny_ea_model
+
+
+@pytest.mark.parametrize("rows", [1, 4, 12])
+def test_project_is_the_linear_map(rows):
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 32, generator=generator)
+    weight, bias = torch.randn(500, 32, generator=generator), torch.randn(500, generator=generator)
+    torch.testing.assert_close(project(x, weight, bias), torch.nn.functional.linear(x, weight, bias))
+    torch.testing.assert_close(project(x[None], weight)[0], x @ weight.T)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mixtral"])
+def test_decoder_path_reproduces_the_models_logits(family):
+    base = tiny_base(family, "sdpa")
+    forward = BaseForward(base)
+    assert forward.decoder is base.get_decoder()
+    ids = prompt(3)
+    with torch.no_grad():
+        expected = base(ids).logits[0]
+        logits, features = forward(ids, cache=None)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-4)
+    assert features.shape == (ids.shape[1], base.config.hidden_size)
+
+
+def test_a_model_that_rescales_its_logits_keeps_the_plain_forward():
+    base = tiny_base("llama", "sdpa")
+    original = base.forward
+
+    def scaled(*args, **kwargs):  # a model whose head is not just the LM head (like Granite's logits_scaling)
+        out = original(*args, **kwargs)
+        out.logits = out.logits / 4.0
+        return out
+
+    base.forward = scaled
+    forward = BaseForward(base)
+    assert forward.decoder is None
+    with torch.no_grad():
+        logits, _ = forward(prompt(2), cache=None)
+        torch.testing.assert_close(logits, base(prompt(2)).logits[0])
+
+
+def test_compiled_verification_stays_exact():
+    model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
+    model.compile_verification()
+    for seed in (1, 2):
+        ids = prompt(seed)
+        reference = model.base_model.generate(ids, max_new_tokens=24, do_sample=False)
+        assert torch.equal(model.eagenerate(ids, max_new_tokens=24), reference)
