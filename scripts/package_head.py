@@ -67,7 +67,14 @@ def main() -> None:
         action="store_true",
         help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)",
     )
-    parser.add_argument("--tau-file", default=None)
+    parser.add_argument("--tau-file", default=None, help="results of benchmarks/mtbench_tau.py (several sets: --sets)")
+    parser.add_argument("--lr", default="3e-4")
+    parser.add_argument("--features-dtype", default="bfloat16")
+    parser.add_argument("--precision", default="bf16 autocast", help="how the head was trained (fp32, bf16 autocast)")
+    parser.add_argument(
+        "--draft-vocab-size", type=int, default=0, help="the training loss's draft vocabulary (0: full)"
+    )
+    parser.add_argument("--feature-hours", type=float, default=None, help="wall hours spent recording features")
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
     history = [json.loads(line) for line in open(os.path.join(args.run, args.arch, "metrics.jsonl"))]
@@ -90,9 +97,11 @@ def main() -> None:
     conversations, tokens, learned, scanned = data_stats(os.path.join(args.run, "data"))
     hours = sum(r.get("epoch_seconds", 0) for r in history) / 3600
     size_mb = os.path.getsize(os.path.join(dest, "model.safetensors")) / 2**20
-    tau = None
+    tau, other_sets = None, {}
     if args.tau_file and os.path.isfile(args.tau_file):
-        tau = json.load(open(args.tau_file))["heads"].get(args.arch)
+        measured = json.load(open(args.tau_file))["heads"]
+        tau = measured.get(args.arch)
+        other_sets = {k.split("/", 1)[1]: v for k, v in measured.items() if k.startswith(f"{args.arch}/")}
     title = {
         "jakiro": "Jakiro (decoupled two-expert MoE, hybrid last step)",
         "eagle2": "EAGLE-2 (dense MLP)",
@@ -131,6 +140,17 @@ def main() -> None:
                 f" {tau['spec_tok_s']:.1f} tokens/s versus {tau['plain_tok_s']:.1f} for plain decoding "
                 f"({tau['speedup']:.2f}x); outputs identical for {tau['identical']} prompts."
             )
+        if other_sets:
+            tau_text += "\n\nOther question sets (first turns, same settings; never trained on):\n\n| set | prompts | τ |\n|---|---|---|\n"
+            tau_text += "\n".join(
+                f"| {name} | {row.get('prompts', '?')} | {row['tau']:.2f} |" for name, row in other_sets.items()
+            )
+    draft_vocab_text = (
+        f"over the {args.draft_vocab_size:,} most frequent learned tokens (`--draft-vocab-size`)"
+        if args.draft_vocab_size
+        else "over the whole vocabulary"
+    )
+    feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
 {title} draft head for `SmolLM2-135M-Instruct` (the embedded base model), trained with this
@@ -141,10 +161,11 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
   template of the tokenizer, {replies}, cut at {args.max_len} tokens ({scanned - conversations} had no
   reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
   (assistant) tokens**; 5 % held out.
-* Features recorded with the base model in bfloat16; training in bf16 autocast, {len(history)} epochs,
-  batch 4, lr 3e-4 (cosine, warm-up 10 %), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0.
+* Features recorded with the base model in {args.features_dtype}; training in {args.precision}, {len(history)} epochs,
+  batch 4, lr {args.lr} (cosine, warm-up 10 %), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0;
+  token loss {draft_vocab_text}.
 * Hardware: {cpu_name()}, 2 vCPUs, no GPU; training wall time
-  {hours:.2f} h for this head.
+  {hours:.2f} h for this head{feature_text}.
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
 
@@ -156,6 +177,14 @@ Measured speculative decoding: {tau_text}
 """
     with open(os.path.join(dest, "README.md"), "w") as f:
         f.write(card)
+    if args.arch != "jakiro_star":  # the acceptance table total_token=-1 reads (no measuring at first load)
+        import torch
+
+        from jakiro.model.ea_model import EaModel
+        from jakiro.model.tree_cost import write_acceptance
+
+        model = EaModel.from_pretrained(None, dest, total_token=12, depth=4, top_k=4, dtype=torch.float32)
+        print("wrote", write_acceptance(model, dest))
     print(f"wrote {dest} ({size_mb:.1f} MB)")
 
 

@@ -87,7 +87,8 @@ def base_fingerprint(model: EaModel) -> str:
     """The base model's name, a digest of its config and a sample of its embedding weights."""
     config = model.base_model.config
     name = os.path.basename(str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")))
-    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "_name_or_path")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(model.base_model.get_input_embeddings().weight.detach().flatten()[:4096].float().cpu().numpy())
     return f"{name} {digest.hexdigest()[:12]}"
 
