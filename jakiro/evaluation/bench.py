@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def attach_timers(speculative: dict, device: torch.device) -> dict:
     """A ``StepTimer`` on every speculative model (naive decoding has no steps to split), also timing the
-    draft head's forwards and its draft LM head, when it has its own."""
+    draft head's forwards and its LM head (``logits_head``)."""
     from ..profiling import StepTimer
 
     timers = {}
@@ -340,8 +340,7 @@ def attach_timers(speculative: dict, device: torch.device) -> dict:
         timer = StepTimer(device)
         model.set_step_timer(timer)
         timer.watch_forwards(model.ea_layer, "draft_head_forward")
-        if model.ea_layer.draft_lm_head is not None:
-            timer.watch_forwards(model.ea_layer.draft_lm_head, "draft_head_forward")
+        timer.watch_forwards(model.ea_layer.logits_head, "draft_head_forward")
         timers[name] = timer
     return timers
 

@@ -193,6 +193,15 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(h)
 
 
+class DraftLogits(nn.Module):
+    """Log-probabilities (float32) of an LM head over draft features: the draft head's output layer, kept a
+    module of its own so that a profiler can time it (``StepTimer.watch_forwards``)."""
+
+    def forward(self, features: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        logits = project(features.to(lm_head.weight.dtype), lm_head.weight, getattr(lm_head, "bias", None))
+        return torch.log_softmax(logits.float(), dim=-1)
+
+
 class Model(nn.Module):
     """The draft head (``EaModel.ea_layer``).
 
@@ -218,6 +227,7 @@ class Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i, self.moe_block) for i in range(config.num_hidden_layers))
         self.rotary = RotaryEmbedding(config)
         self.kv_cache: list[KVCacheLayer] | None = None
+        object.__setattr__(self, "logits_head", DraftLogits())  # no weights of its own; not saved
         self.set_draft_vocab(None)
         self.attach_drafter(None)
 
@@ -327,10 +337,7 @@ class Model(nn.Module):
 
     def draft_logits(self, features: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Next-token log-probabilities from draft features (float32), over the draft vocabulary."""
-        if self.draft_lm_head is not None:
-            lm_head = self.draft_lm_head
-        logits = project(features.to(lm_head.weight.dtype), lm_head.weight, getattr(lm_head, "bias", None))
-        return torch.log_softmax(logits.float(), dim=-1)
+        return self.logits_head(features, self.draft_lm_head if self.draft_lm_head is not None else lm_head)
 
     def draft_topk(self, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` best (log-probability, token id) pairs of ``draft_logits`` rows."""
