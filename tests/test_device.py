@@ -27,3 +27,19 @@ def test_half_precision_notes(monkeypatch):
 def test_unknown_dtype_names_are_refused():
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16, auto"):
         device.resolve_dtype("fp8")
+
+
+def test_the_web_ui_and_demo_tune_the_embedded_tree_unless_told(monkeypatch):
+    from jakiro import demo
+    from jakiro.application import webui
+    from jakiro.model.ea_model import EaModel
+
+    calls = []
+    monkeypatch.setattr(EaModel, "from_pretrained", classmethod(lambda cls, *a, **kw: calls.append((a, kw))))
+    webui.load_model(webui.parse_args([]))
+    webui.load_model(webui.parse_args(["--total-token", "12"]))
+    webui.load_model(webui.parse_args(["--ea-model-path", "some/head"]))
+    demo.load(demo.parse_args([]))
+    trees = [(kw["total_token"], kw["depth"], kw["top_k"]) for _, kw in calls]
+    assert trees == [(None, None, None), (12, 5, 10), (60, 5, 10), (None, None, None)]
+    assert all(kw["dtype"] == torch.float32 for _, kw in calls)
