@@ -1,12 +1,14 @@
 """Side-by-side benchmark: every decoding method on the same prompts, dtype and token budget, in one process.
 
     python -m jakiro.evaluation.bench [--questions 80] [--max-new-tokens 256] [--temperatures 0 1]
-                                      [--methods generate pld naive eagle2 jakiro jakiro-nohybrid jakiro-star]
+                                      [--methods generate pld naive eagle2 jakiro jakiro-nohybrid jakiro-star
+                                                 jakiro-tuned]
                                       [--dtype float32] [--out results/bench]
 
 Methods: transformers ``generate`` (greedy / sampling), transformers prompt-lookup decoding
 (``prompt_lookup_num_tokens``), ``naivegenerate``, and ``eagenerate`` with the shipped EAGLE-2,
-Jakiro (with and without the hybrid last step) and Jakiro* heads, all sharing one base model.
+Jakiro (with and without the hybrid last step) and Jakiro* heads, and the Jakiro head with the tree
+tuned for this device (``jakiro-tuned``: ``total_token=-1``), all sharing one base model.
 Prompts are MT-bench first turns in the tokenizer's chat template. Every prompt runs every method
 before the next prompt starts, so a change in machine load hits all methods alike.
 
@@ -32,7 +34,7 @@ import torch
 from ..device import DTYPE_CHOICES, resolve_dtype
 from ..metrics import acceptance_length
 
-DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star"]
+DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star", "jakiro-tuned"]
 ABLATION = ["jakiro", "jakiro-nohybrid", "eagle2"]
 
 
@@ -170,9 +172,16 @@ def load_methods(args: argparse.Namespace, device: torch.device):
         "eagle2": args.eagle2_path,
         "jakiro": args.jakiro_path,
         "jakiro-nohybrid": args.jakiro_path,
+        "jakiro-tuned": args.jakiro_path,
         "jakiro-star": args.jakiro_star_path,
     }
-    shipped = {"eagle2": "eagle2", "jakiro": "jakiro", "jakiro-nohybrid": "jakiro", "jakiro-star": "jakiro_star"}
+    shipped = {
+        "eagle2": "eagle2",
+        "jakiro": "jakiro",
+        "jakiro-nohybrid": "jakiro",
+        "jakiro-star": "jakiro_star",
+        "jakiro-tuned": "jakiro",
+    }
     methods, speculative = {}, {}
     draft_dtype = getattr(torch, args.draft_dtype) if args.draft_dtype else None
 
@@ -220,6 +229,8 @@ def load_methods(args: argparse.Namespace, device: torch.device):
                         draft_vocab_size=args.draft_vocab_size,
                         draft_dtype=draft_dtype,
                     )
+                if name == "jakiro-tuned":  # the tree tree_cost picks for this device and head
+                    model.set_tree(total_token=-1)
                 if name == "jakiro-nohybrid":
                     model.set_tree(
                         total_token=args.total_token, depth=args.depth, top_k=args.top_k, hybrid_last_level=False
@@ -327,7 +338,10 @@ def run(args: argparse.Namespace) -> dict:
             tallies[temperature][name].profile = timer.per_step_ms()
     bar.close()
     alone = forwards_alone(speculative, args, inputs) if args.profile else {}
-    return summarise(args, tallies, weight_bytes, bandwidth, device, alone)
+    result = summarise(args, tallies, weight_bytes, bandwidth, device, alone)
+    if "jakiro-tuned" in speculative:
+        result["tuned_tree"] = speculative["jakiro-tuned"].describe_tree()
+    return result
 
 
 def attach_timers(speculative: dict, device: torch.device) -> dict:
@@ -451,6 +465,7 @@ def markdown(result: dict) -> str:
         f"{result['draft_dtype']}, draft vocabulary {result['draft_vocab_size'] or 'default'}, base weights {result['base_weight_mb']} MB, "
         f"measured copy bandwidth {result['memory_bandwidth_gbs']} GB/s"
         + (", speculative verification forward torch.compiled (generate eager)" if result.get("compiled") else "")
+        + (f"; jakiro-tuned tree: {result['tuned_tree']}" if result.get("tuned_tree") else "")
     )
     if result["dtype"] != "float32":
         head += (
