@@ -53,3 +53,31 @@ def test_compiled_verification_stays_exact():
         ids = prompt(seed)
         reference = model.base_model.generate(ids, max_new_tokens=24, do_sample=False)
         assert torch.equal(model.eagenerate(ids, max_new_tokens=24), reference)
+
+
+def test_step_timer_splits_every_step_into_its_phases():
+    from jakiro.evaluation.bench import Tally, profile_markdown, step_profile
+    from jakiro.profiling import StepTimer
+
+    model = tiny_ea_model("llama", "sdpa", moe=True, total_token=10, depth=3, top_k=3, eos=None)
+    timer = StepTimer()
+    model.set_step_timer(timer)
+    timer.watch_forwards(model.ea_layer, "draft_head_forward")
+    timer.watch_forwards(model.ea_layer.logits_head, "draft_head_forward")
+    _, new, idx = model.eagenerate(prompt(5), max_new_tokens=30, log=True)
+    steps = idx + 1
+    assert timer.steps == steps
+    for phase in ("draft", "mask", "base_forward", "accept", "commit"):
+        assert timer.counts[phase] == steps
+    # per draft: the first forward, one level forward, the penultimate one (its contrastive branch gives the
+    # last level), and an LM head for each of them
+    assert timer.counts["draft_head_forward"] == steps * 3 * 2
+    assert timer.seconds["draft_head_forward"] < timer.seconds["draft"]
+    model.set_step_timer(None)
+    model.eagenerate(prompt(5), max_new_tokens=30)
+    assert timer.steps == steps  # detached: nothing more recorded
+    tally = Tally(tokens=new, forwards=steps + 1, steps=steps, seconds=sum(timer.seconds.values()))
+    tally.profile = timer.per_step_ms()
+    row = step_profile("jakiro", 0.0, tally, {"base_forward_ms": 1.0, "draft_call_ms": 1.0, "one_token_ms": 1.0})
+    assert 0 <= row["overhead_share"] < 1
+    assert "| jakiro | 0 |" in profile_markdown([row])
