@@ -107,7 +107,14 @@ def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> 
         plain_time += time.perf_counter() - start
         plain_new += n_plain
         identical += int(torch.equal(out, ref))
-    row = {"tau": new / steps, "tokens": new, "steps": steps, "spec_tok_s": new / spec_time, "prompts": len(prompts)}
+    row = {
+        "tau": new / steps,
+        "tokens": new,
+        "steps": steps,
+        "spec_tok_s": new / spec_time,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+    }
     if not args.no_plain:
         row.update(
             plain_tok_s=plain_new / plain_time,
