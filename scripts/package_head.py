@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("--feature-hours", type=float, default=None, help="wall hours spent recording features")
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
-    history = [json.loads(line) for line in open(os.path.join(args.run, args.arch, "metrics.jsonl"))]
+    records = [json.loads(line) for line in open(os.path.join(args.run, args.arch, "metrics.jsonl"))]
+    history = [r for r in records if "train/loss" in r]  # epoch ends (--eval-steps adds mid-epoch rows)
     last = history[-1]
     state = os.path.join(args.run, args.arch, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")

@@ -38,3 +38,16 @@ def test_shipped_head_is_small_and_lossless(kind):
 def test_unknown_shipped_head_is_an_error():
     with pytest.raises(ValueError, match="shipped_head must be one of"):
         EaModel.from_pretrained(shipped_head="medusa")
+
+
+def test_the_jakiro_head_ships_its_acceptance_table(monkeypatch):
+    """``from_pretrained()`` tunes the tree from the table shipped with the head, without measuring acceptance."""
+    from jakiro.model import tree_cost
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the shipped acceptance table did not match; acceptance was measured again")
+
+    monkeypatch.setattr(tree_cost, "measure_acceptance", refuse)
+    model = EaModel.from_pretrained(total_token=12, depth=4, top_k=4, dtype=torch.float32)
+    ranks = tree_cost.cached_acceptance(model, tree_cost.SHAPES, shipped_head_path("jakiro"))
+    assert tree_cost.expected_tau(ranks["4,4"], 12) > 1.3
