@@ -142,9 +142,13 @@ def main() -> None:
                 f"({tau['speedup']:.2f}x); outputs identical for {tau['identical']} prompts."
             )
         if other_sets:
-            tau_text += "\n\nOther question sets (first turns, same settings; never trained on):\n\n| set | prompts | τ |\n|---|---|---|\n"
+            tau_text += (
+                "\n\nOther question sets (first turns, greedy, fp32, the same tree; never trained on):\n\n"
+                "| set | prompts | new tokens | τ |\n|---|---|---|---|\n"
+            )
             tau_text += "\n".join(
-                f"| {name} | {row.get('prompts', '?')} | {row['tau']:.2f} |" for name, row in other_sets.items()
+                f"| {name} | {row.get('prompts', '?')} | {row.get('max_new_tokens', '?')} | {row['tau']:.2f} |"
+                for name, row in other_sets.items()
             )
     draft_vocab_text = (
         f"over the {args.draft_vocab_size:,} most frequent learned tokens (`--draft-vocab-size`)"
