@@ -15,7 +15,7 @@ import time
 import torch
 
 from jakiro.evaluation.bench import timed_drafting
-from jakiro.evaluation.questions import load_questions
+from jakiro.evaluation.questions import first_turn_ids, load_questions
 from jakiro.model.ea_model import EaModel
 
 
@@ -38,16 +38,7 @@ def main() -> None:
         draft_vocab_size=0,
         dtype=torch.float32,
     )
-    tok = model.tokenizer
-    prompts = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": q["turns"][0]}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )["input_ids"]
-        for q in load_questions(None, 0, args.questions)
-    ]
+    prompts = first_turn_ids(model.tokenizer, load_questions(None, 0, args.questions))
     spent = timed_drafting(model)
     settings = [(size, dtype) for dtype in (torch.float32, torch.bfloat16) for size in args.vocab_sizes]
     stats = {s: [0, 0, 0.0, 0.0] for s in settings}  # tokens, steps, seconds, drafting seconds

@@ -19,7 +19,7 @@ import time
 import torch
 
 from jakiro.evaluation.bench import hardware
-from jakiro.evaluation.questions import load_questions
+from jakiro.evaluation.questions import first_turn_ids, load_questions
 from jakiro.model.ea_model import EaModel
 
 
@@ -81,16 +81,7 @@ def main() -> None:
 
 def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> dict:
     """τ, tokens/s and identity with plain decoding over the first turns of ``questions``."""
-    tok = model.tokenizer
-    prompts = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": q["turns"][0]}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )["input_ids"]
-        for q in questions
-    ]
+    prompts = first_turn_ids(model.tokenizer, questions)
     model.eagenerate(prompts[0], max_new_tokens=16)
     model.naivegenerate(prompts[0], max_new_tokens=16)
     new = steps = identical = 0

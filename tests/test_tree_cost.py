@@ -66,6 +66,8 @@ def test_tuned_tree_is_the_predicted_best_and_stays_exact(tmp_path, monkeypatch)
     reference = model.base_model.generate(ids, max_new_tokens=20, do_sample=False)
     assert torch.equal(model.eagenerate(ids, max_new_tokens=20), reference)
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "trees").iterdir()) == ["acceptance", "costs"]
+    model.set_tree(total_token=8, depth=3, top_k=4)
+    assert model.tree_choice is None  # an explicit tree is no longer the tuned pick
 
 
 def test_tuning_reads_its_measurements_from_the_cache(tmp_path, monkeypatch):

@@ -270,18 +270,9 @@ def timed_drafting(model) -> list[float]:
 
 
 def prompts(args: argparse.Namespace, tokenizer, device: torch.device) -> list[torch.Tensor]:
-    from .questions import load_questions
+    from .questions import first_turn_ids, load_questions
 
-    questions = load_questions(args.question_file, 0, args.questions)
-    out = []
-    for q in questions:
-        messages = [{"role": "user", "content": q["turns"][0]}]
-        out.append(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
-                "input_ids"
-            ].to(device)
-        )
-    return out
+    return first_turn_ids(tokenizer, load_questions(args.question_file, 0, args.questions), device)
 
 
 def run(args: argparse.Namespace) -> dict:

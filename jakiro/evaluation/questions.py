@@ -26,3 +26,16 @@ def load_questions(path: str | None = None, begin: int | None = None, end: int |
     with open(path, encoding="utf-8") as f:
         questions = [json.loads(line) for line in f if line.strip()]
     return questions[begin:end]
+
+
+def first_turn_ids(tokenizer, questions: list[dict], device="cpu") -> list:
+    """Each question's first turn as a one-message chat in the tokenizer's template, ids [1, T] on ``device``."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q["turns"][0]}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"].to(device)
+        for q in questions
+    ]

@@ -296,6 +296,7 @@ class EaModel(nn.Module):
         settings = TreeSettings(None if timed else total_token, depth, top_k, tree_choices, hybrid_last_level)
         self._use_drafter(self._make_drafter(settings))  # validates the settings
         self.tree_settings = settings
+        self.tree_choice = None  # the tuned pick (tree_cost.TreeChoice) while the tree is a tuned one
         if timed:
             self.tree_choice = self._tuned_tree(depth, top_k)
             shape = self.tree_choice.shape
@@ -346,6 +347,7 @@ class EaModel(nn.Module):
         from dataclasses import replace
 
         self._use_drafter(self.drafter.with_size(total_token))
+        self.tree_choice = None
         if self.tree_settings.tree_choices is None:
             self.tree_settings = replace(self.tree_settings, total_token=total_token)
 

@@ -41,6 +41,7 @@ class BaseForward:
         self.model = model
         self.cache_kwarg = cache_argument(model)
         self.has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.decoder = self._checked_decoder()
 
     def __call__(self, ids, cache, mask=None, positions=None, last_logits_only: bool = False):
@@ -68,9 +69,8 @@ class BaseForward:
         """The LM head (and final soft-capping, if the model has it) on ``features`` [S, H]."""
         head = self.model.get_output_embeddings()
         logits = project(features, head.weight, getattr(head, "bias", None))
-        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
     def _plain(self, ids, cache, mask, positions, last_logits_only):
