@@ -9,9 +9,24 @@ than float32 (emulated), which ``dtype_warning`` says.
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
+
+
+def processor_name(device: str | torch.device = "cpu") -> str:
+    """The GPU's name for a CUDA device, else the CPU's model name (``/proc/cpuinfo``; the architecture
+    where that is unreadable): what every measurement states."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:

@@ -12,10 +12,11 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shutil
 
 from safetensors import safe_open
+
+from jakiro.device import processor_name
 
 
 def data_stats(folder: str) -> tuple[int, int, int, int]:
@@ -42,14 +43,6 @@ def fill_ranking(path: str, extra: str) -> int:
     save_file({"token_ids": tokens, "counts": counts}, path + ".tmp")
     os.replace(path + ".tmp", path)
     return tokens.numel()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def main() -> None:
@@ -169,7 +162,7 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Features recorded with the base model in {args.features_dtype}; training in {args.precision}, {len(history)} epochs,
   batch 4, lr {args.lr} (cosine, warm-up 10 %), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0;
   token loss {draft_vocab_text}.
-* Hardware: {cpu_name()}, 2 vCPUs, no GPU; training wall time
+* Hardware: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
   {hours:.2f} h for this head{feature_text}.
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}

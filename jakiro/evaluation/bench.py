@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ..device import DTYPE_CHOICES, resolve_dtype
+from ..device import DTYPE_CHOICES, processor_name, resolve_dtype
 from ..metrics import acceptance_length
 
 DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star", "jakiro-tuned"]
@@ -439,13 +438,8 @@ def step_profile(name: str, temperature: float, t: Tally, alone: dict | None) ->
 
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.machine()
-    return f"{name}, {os.cpu_count()} CPU cores"
+        return processor_name(device)
+    return f"{processor_name()}, {os.cpu_count()} CPU cores"
 
 
 def markdown(result: dict) -> str:

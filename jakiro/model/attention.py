@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-# Attention implementations that apply an arbitrary additive 4D mask exactly as given.
-MASKABLE_ATTENTION = ("sdpa", "eager")
+# Attention implementations that apply an arbitrary additive 4D mask exactly as given
+# ("jakiro_sdpa": sdpa reading grouped K/V heads in place, see grouped_attention.py).
+MASKABLE_ATTENTION = ("sdpa", "eager", "jakiro_sdpa")
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 

@@ -34,6 +34,7 @@ from .cnets import Model
 from .configs import EConfig
 from .draft_tree import DraftTree
 from .drafter import Drafter
+from .grouped_attention import use_grouped_sdpa
 from .kv_cache import KVCache
 from .logits import BaseForward
 from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
@@ -93,6 +94,7 @@ class EaModel(nn.Module):
         """Check that ``base_model`` can verify trees and that ``ea_layer`` fits it, then keep both."""
         self.attention = attention_pattern(base_model.config)
         check_fits_base(ea_layer.config, base_model)
+        use_grouped_sdpa(base_model)  # tree forwards read grouped K/V heads in place on CPUs (identical numbers)
         self.base_model = base_model
         self.ea_layer = ea_layer
         self.tokenizer = tokenizer

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from ..device import processor_name
 from .drafter import DynamicTreeDrafter, TreeShape
 
 if TYPE_CHECKING:
@@ -70,16 +70,7 @@ class DeviceCosts:
 
 def device_description(model: EaModel) -> str:
     """Which machine costs were measured on: CPU model (or GPU name), threads, dtype, base model."""
-    device = model.base_model.get_input_embeddings().weight.device
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+    name = processor_name(model.base_model.get_input_embeddings().weight.device)
     return f"{name} | {torch.get_num_threads()} threads | {model.base_model.dtype} | {base_fingerprint(model)}"
 
 
@@ -88,6 +79,7 @@ def base_fingerprint(model: EaModel) -> str:
     config = model.base_model.config
     name = os.path.basename(str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")))
     settings = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "_name_or_path")}
+    settings["attention"] = config._attn_implementation  # the verification cost depends on it
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(model.base_model.get_input_embeddings().weight.detach().flatten()[:4096].float().cpu().numpy())
     return f"{name} {digest.hexdigest()[:12]}"
