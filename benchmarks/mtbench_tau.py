@@ -38,6 +38,11 @@ def main() -> None:
     parser.add_argument("--total-token", type=int, default=12)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument(
+        "--tree-choices",
+        default=None,
+        help="a static tree for Jakiro* heads (e.g. small_15), instead of the three above",
+    )
     parser.add_argument("--no-plain", action="store_true", help="measure tau only (no plain-decoding timing)")
     parser.add_argument("--sets", nargs="+", default=["mt_bench"], help="question sets (see --data-dir)")
     parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
@@ -58,14 +63,17 @@ def main() -> None:
     }
     if os.path.isfile(args.out):  # keep the other heads' rows when measuring one head at a time
         results["heads"] = json.load(open(args.out)).get("heads", {})
+    tree = (
+        {"tree_choices": args.tree_choices}
+        if args.tree_choices
+        else {"total_token": args.total_token, "depth": args.depth, "top_k": args.top_k}
+    )
     for kind in args.heads:
         kind, _, folder = kind.partition("=")
         model = EaModel.from_pretrained(
             ea_model_path=folder or None,
             shipped_head=kind,
-            total_token=args.total_token,
-            depth=args.depth,
-            top_k=args.top_k,
+            **tree,
             dtype=torch.float32,
             draft_vocab_size=args.draft_vocab_size,
         )

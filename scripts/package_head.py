@@ -126,8 +126,12 @@ def main() -> None:
         tau_text = (
             f"tau = {tau['tau']:.2f} tokens per verification step with `eagenerate` on the first "
             f"{settings['questions']} MT-bench first turns (greedy, fp32, {settings['max_new_tokens']} new tokens, "
-            f"total_token/depth/top_k {settings['total_token']}/{settings['depth']}/{settings['top_k']}; "
-            "`benchmarks/mtbench_tau.py`)."
+            + (
+                f"static tree `{settings['tree_choices']}`; "
+                if settings.get("tree_choices")
+                else f"total_token/depth/top_k {settings['total_token']}/{settings['depth']}/{settings['top_k']}; "
+            )
+            + "`benchmarks/mtbench_tau.py`)."
         )
         if "speedup" in tau:
             tau_text += (

@@ -1,0 +1,89 @@
+"""Held-out top-1 of several trained heads against optimizer steps and training tokens, in one plot.
+
+    python benchmarks/heads_curve.py --run NAME=FOLDER [NAME=FOLDER ...] [--plot docs/heads_curve.png]
+
+FOLDER is a ``jakiro.train.main --cpdir`` (its ``metrics.jsonl``). The first branch is the head's
+next-token prediction (Jakiro's MoE, EAGLE-2's dense MLP, Jakiro*'s); the second is Jakiro's
+contrastive branch (the token after next), where the head has one. Prints the last evaluation of
+every run as a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from learning_curve import history  # noqa: E402
+
+
+def plot(runs: dict[str, str], target: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, folder in runs.items():
+        rows = [r for r in history(folder) if "test/moe_top1" in r]
+        if not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r["test/moe_top1"] for r in rows], marker="o", ms=3, label=name)
+        axes[2].plot(
+            [r["learned_tokens"] / 1e6 for r in rows], [r["test/moe_top1"] for r in rows], marker="o", ms=3, label=name
+        )
+        if "test/contrastive_top1" in rows[-1]:
+            axes[1].plot(steps, [r["test/contrastive_top1"] for r in rows], marker="o", ms=3, label=name)
+    axes[0].set(xlabel="optimizer steps (batch 4)", ylabel="held-out top-1", title="next token (MoE / MLP branch)")
+    axes[1].set(
+        xlabel="optimizer steps", ylabel="held-out top-1", title="Jakiro's contrastive branch (token after next)"
+    )
+    axes[2].set(xlabel="learned (assistant) tokens seen, millions", ylabel="held-out top-1", title="next token")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+
+
+def table(runs: dict[str, str]) -> str:
+    lines = [
+        "| head | steps | learned tokens | train min | s/step | held-out top-1 (next token) | contrastive | "
+        "chain tokens/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, folder in runs.items():
+        rows = [r for r in history(folder) if "test/moe_top1" in r]
+        if not rows:
+            continue
+        r = rows[-1]
+        contrastive = f"{r['test/contrastive_top1']:.3f}" if "test/contrastive_top1" in r else "-"
+        lines.append(
+            f"| {name} | {r['step']} | {r['learned_tokens']:,} | {r['train_seconds'] / 60:.1f} | "
+            f"{r['train_seconds'] / r['step']:.2f} | {r['test/moe_top1']:.3f} | {contrastive} | "
+            f"{r['test/chain_tokens_per_step']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", nargs="+", required=True, help="NAME=FOLDER")
+    parser.add_argument("--plot", default=os.path.join("docs", "heads_curve.png"))
+    parser.add_argument("--title", default="SmolLM2-135M-Instruct draft heads: held-out top-1 while training")
+    args = parser.parse_args()
+    runs = {}
+    for item in args.run:
+        name, sep, folder = item.partition("=")
+        if not sep or not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+            parser.error(f"--run {item!r}: expected NAME=FOLDER with FOLDER/metrics.jsonl")
+        runs[name] = folder
+    plot(runs, args.plot, args.title)
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()
