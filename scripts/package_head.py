@@ -2,7 +2,7 @@
 
     python scripts/package_head.py --run RUN --arch jakiro [--tau-file results/mtbench_tau.json]
 
-Reads RUN/<arch>/metrics.jsonl and the last RUN/<arch>/state_<epoch>/, counts the training data in
+Reads RUN/<arch>/metrics.jsonl (or --cpdir) and its last state_<epoch>/, counts the training data in
 RUN/data, and writes jakiro/heads/smollm2-135m-instruct-<arch>/{config.json,model.safetensors,README.md}.
 """
 
@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True)
     parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2", "jakiro_star"])
+    parser.add_argument("--cpdir", default=None, help="the training run's folder (default: RUN/<arch>)")
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument(
         "--fill-ranking",
@@ -70,10 +71,11 @@ def main() -> None:
     parser.add_argument("--feature-hours", type=float, default=None, help="wall hours spent recording features")
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
-    records = [json.loads(line) for line in open(os.path.join(args.run, args.arch, "metrics.jsonl"))]
+    cpdir = args.cpdir or os.path.join(args.run, args.arch)
+    records = [json.loads(line) for line in open(os.path.join(cpdir, "metrics.jsonl"))]
     history = [r for r in records if "train/loss" in r]  # epoch ends (--eval-steps adds mid-epoch rows)
     last = history[-1]
-    state = os.path.join(args.run, args.arch, f"state_{last['epoch']}")
+    state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
     os.makedirs(dest, exist_ok=True)
     for name in ("config.json", "model.safetensors", "draft_vocab.safetensors"):
