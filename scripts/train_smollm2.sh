@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Train the Jakiro and EAGLE-2 draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
+# Train the Jakiro, EAGLE-2 and Jakiro* draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
 # Every stage resumes: rerun the same command after an interruption.
-#   N conversations of ShareGPT V3 (seeded shuffle), at most MAX_LEN tokens each, EPOCHS epochs.
+#   N conversations of ShareGPT V3 (seeded shuffle), at most MAX_LEN tokens each, EPOCHS epochs
+#   (Jakiro* STAR_EPOCHS). The defaults are the recipe of the shipped heads (docs/training_plan.md).
 #   REGENERATE=1 replaces the assistant replies by SmolLM2's own greedy answers (self-distillation,
 #   at most REPLY_TOKENS tokens each, first REGENERATE_TURNS exchanges) before recording features.
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
@@ -11,37 +12,40 @@
 #   THREADS=N torch threads (0: torch's default). Features and training use bf16 only where the CPU
 #   has native bf16 units (avx512_bf16 / AMX); elsewhere bf16 is slower than fp32.
 set -euo pipefail
-N=${N:-1200}
-MAX_LEN=${MAX_LEN:-1024}
-EPOCHS=${EPOCHS:-3}
-LR=${LR:-3e-4}
+N=${N:-1830}
+MAX_LEN=${MAX_LEN:-512}
+EPOCHS=${EPOCHS:-2}
+STAR_EPOCHS=${STAR_EPOCHS:-1}
+LR=${LR:-1e-3}
 REGENERATE=${REGENERATE:-0}
 REPLY_TOKENS=${REPLY_TOKENS:-256}
 REGENERATE_TURNS=${REGENERATE_TURNS:-1}
-ARCHS=${ARCHS:-jakiro eagle2}
-DRAFT_VOCAB=${DRAFT_VOCAB:-0}
+ARCHS=${ARCHS:-jakiro eagle2 jakiro_star}
+DRAFT_VOCAB=${DRAFT_VOCAB:-8192}
 WARM_START=${WARM_START:-0}
 INIT_FROM=${INIT_FROM:-}
 TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
+SEED=${SEED:-0}
 SUFFIX=$([ "$REGENERATE" = 1 ] && echo "-regen" || true)
 RUN=${RUN:-${JAKIRO_CACHE:-$HOME/.cache/jakiro}/runs/smollm2-sharegpt-n$N$SUFFIX}
 EXTRA=()
 [ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
-TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS")
+TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --seed "$SEED" --eval-steps 150)
 [ "$WARM_START" = 1 ] && TRAIN+=(--warm-start-layer)
 [ -n "$INIT_FROM" ] && TRAIN+=(--init-from "$INIT_FROM")
 PY=${PY:-python}
-FEATURE_DTYPE=$($PY -c "from jakiro.train.main import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
+FEATURE_DTYPE=$($PY -c "from jakiro.device import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
 mkdir -p "$RUN"
 echo "run folder: $RUN; base-model features in $FEATURE_DTYPE"
 # 1. base-model features
 $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$N" \
     --workers 1 -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
-# 2. the heads, same data, epochs and seed
+# 2. the heads: same data, seed and lr schedule (Jakiro* with STAR_EPOCHS)
 for ARCH in $ARCHS; do
-  $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$RUN/$ARCH" --arch "$ARCH" --num-epochs "$EPOCHS" \
+  ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$EPOCHS")
+  $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$RUN/$ARCH" --arch "$ARCH" --num-epochs "$ARCH_EPOCHS" \
       --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
       "${TRAIN[@]}"
 done
-echo "done: $RUN/<arch>/state_$((EPOCHS-1)) for $ARCHS"
+echo "done: the last $RUN/<arch>/state_<epoch> of each of $ARCHS"
