@@ -25,17 +25,16 @@ def plot(runs: dict[str, str], target: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, folder in runs.items():
+    for number, (name, folder) in enumerate(runs.items()):
         rows = [r for r in history(folder) if "test/moe_top1" in r]
         if not rows:
             continue
+        style = dict(marker="o", ms=3, label=name, color=f"C{number}")  # one colour per run in every panel
         steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r["test/moe_top1"] for r in rows], marker="o", ms=3, label=name)
-        axes[2].plot(
-            [r["learned_tokens"] / 1e6 for r in rows], [r["test/moe_top1"] for r in rows], marker="o", ms=3, label=name
-        )
+        axes[0].plot(steps, [r["test/moe_top1"] for r in rows], **style)
+        axes[2].plot([r["learned_tokens"] / 1e6 for r in rows], [r["test/moe_top1"] for r in rows], **style)
         if "test/contrastive_top1" in rows[-1]:
-            axes[1].plot(steps, [r["test/contrastive_top1"] for r in rows], marker="o", ms=3, label=name)
+            axes[1].plot(steps, [r["test/contrastive_top1"] for r in rows], **style)
     axes[0].set(xlabel="optimizer steps (batch 4)", ylabel="held-out top-1", title="next token (MoE / MLP branch)")
     axes[1].set(
         xlabel="optimizer steps", ylabel="held-out top-1", title="Jakiro's contrastive branch (token after next)"
