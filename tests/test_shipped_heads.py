@@ -10,6 +10,9 @@ from jakiro.model.ea_model import EaModel
 from jakiro_star.model.ea_model import EaModel as StarEaModel
 
 PROMPTS = ["What is the capital of France? Answer in one sentence.", "Write a short poem about the sea."]
+# τ floors on PROMPTS (48 new tokens each), well below what the shipped heads measured on them
+# (2026-11-30: jakiro 1.81, eagle2 1.75, jakiro_star 1.60): a retrained head that regressed fails here.
+TAU_FLOORS = {"jakiro": 1.5, "eagle2": 1.5, "jakiro_star": 1.4}
 
 
 @pytest.mark.parametrize("kind", sorted(SHIPPED_HEADS))
@@ -32,7 +35,7 @@ def test_shipped_head_is_small_and_lossless(kind):
         out, new, idx = model.eagenerate(ids, max_new_tokens=48, log=True)
         assert torch.equal(out, reference)
         tokens, steps = tokens + new, steps + idx + 1
-    assert tokens / steps > 1.5  # a trained head: drafts are accepted
+    assert tokens / steps > TAU_FLOORS[kind]  # a trained head: drafts are accepted
 
 
 def test_unknown_shipped_head_is_an_error():
