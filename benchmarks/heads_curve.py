@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from learning_curve import history  # noqa: E402
+from learning_curve import history, table  # noqa: E402
 
 
 def plot(runs: dict[str, str], target: str, title: str) -> None:
@@ -48,26 +48,6 @@ def plot(runs: dict[str, str], target: str, title: str) -> None:
     fig.savefig(target, dpi=110)
 
 
-def table(runs: dict[str, str]) -> str:
-    lines = [
-        "| head | steps | learned tokens | train min | s/step | held-out top-1 (next token) | contrastive | "
-        "chain tokens/step |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, folder in runs.items():
-        rows = [r for r in history(folder) if "test/moe_top1" in r]
-        if not rows:
-            continue
-        r = rows[-1]
-        contrastive = f"{r['test/contrastive_top1']:.3f}" if "test/contrastive_top1" in r else "-"
-        lines.append(
-            f"| {name} | {r['step']} | {r['learned_tokens']:,} | {r['train_seconds'] / 60:.1f} | "
-            f"{r['train_seconds'] / r['step']:.2f} | {r['test/moe_top1']:.3f} | {contrastive} | "
-            f"{r['test/chain_tokens_per_step']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", nargs="+", required=True, help="NAME=FOLDER")
@@ -81,7 +61,7 @@ def main() -> None:
             parser.error(f"--run {item!r}: expected NAME=FOLDER with FOLDER/metrics.jsonl")
         runs[name] = folder
     plot(runs, args.plot, args.title)
-    print(table(runs))
+    print(table(runs, label="head"))
 
 
 if __name__ == "__main__":

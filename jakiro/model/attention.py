@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
+from .grouped_attention import NAME as GROUPED_SDPA
+
 # Attention implementations that apply an arbitrary additive 4D mask exactly as given
-# ("jakiro_sdpa": sdpa reading grouped K/V heads in place, see grouped_attention.py).
-MASKABLE_ATTENTION = ("sdpa", "eager", "jakiro_sdpa")
+# (GROUPED_SDPA: sdpa reading grouped K/V heads in place, see grouped_attention.py).
+MASKABLE_ATTENTION = ("sdpa", "eager", GROUPED_SDPA)
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 

@@ -72,7 +72,8 @@ def use_grouped_sdpa(model: nn.Module) -> bool:
     """
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    grouped = (getattr(text, "num_key_value_heads", None) or 0) < (getattr(text, "num_attention_heads", 0) or 0)
+    heads = getattr(text, "num_attention_heads", None) or 0
+    grouped = (getattr(text, "num_key_value_heads", None) or heads) < heads  # unset K/V heads: one per head
     device = next(model.parameters()).device
     if config._attn_implementation != "sdpa" or not grouped or device.type != "cpu":
         return False
