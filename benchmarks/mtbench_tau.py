@@ -93,12 +93,14 @@ def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> 
     model.eagenerate(prompts[0], max_new_tokens=16)
     model.naivegenerate(prompts[0], max_new_tokens=16)
     new = steps = identical = 0
+    per_prompt = []  # (new tokens, verification steps) of each prompt: τ of any prefix of the set
     spec_time = plain_time = plain_new = 0.0
     for ids in prompts:
         start = time.perf_counter()
         out, n, idx = model.eagenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
         spec_time += time.perf_counter() - start
         new, steps = new + n, steps + idx + 1
+        per_prompt.append([int(n), int(idx) + 1])
         if args.no_plain:
             continue
         start = time.perf_counter()
@@ -113,6 +115,7 @@ def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> 
         "spec_tok_s": new / spec_time,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
+        "per_prompt": per_prompt,
     }
     if not args.no_plain:
         row.update(

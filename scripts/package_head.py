@@ -30,6 +30,22 @@ def data_stats(folder: str) -> tuple[int, int, int, int]:
     return conversations, tokens, learned, last
 
 
+def training_history(cpdirs: list[str]) -> list[dict]:
+    """Epoch-end metrics of a chain of training runs, oldest first (each continued the previous one with
+    ``--init-from``); every row gains ``run`` (its index) and ``total_epoch`` (epochs since the first run)."""
+    rows: list[dict] = []
+    for run, cpdir in enumerate(cpdirs):
+        path = os.path.join(cpdir, "metrics.jsonl")
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path}: missing (is {cpdir} a training run's --cpdir?)")
+        ends = [json.loads(line) for line in open(path)]
+        ends = [r for r in ends if "train/loss" in r]  # epoch ends (--eval-steps adds mid-epoch rows)
+        if not ends:
+            raise SystemExit(f"{path}: no finished epoch")
+        rows += [dict(r, run=run, total_epoch=len(rows) + i) for i, r in enumerate(ends)]
+    return rows
+
+
 def fill_ranking(path: str, extra: str) -> int:
     """Append the tokens of ``extra``'s ranking that ``path``'s lacks (count 0); return the new length."""
     import torch
@@ -50,6 +66,13 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2", "jakiro_star"])
     parser.add_argument("--cpdir", default=None, help="the training run's folder (default: RUN/<arch>)")
+    parser.add_argument(
+        "--continued-from",
+        nargs="+",
+        default=[],
+        metavar="CPDIR",
+        help="earlier runs this one continued (--init-from), oldest first: the card counts their epochs too",
+    )
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument(
         "--fill-ranking",
@@ -72,8 +95,7 @@ def main() -> None:
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
     cpdir = args.cpdir or os.path.join(args.run, args.arch)
-    records = [json.loads(line) for line in open(os.path.join(cpdir, "metrics.jsonl"))]
-    history = [r for r in records if "train/loss" in r]  # epoch ends (--eval-steps adds mid-epoch rows)
+    history = training_history([*args.continued_from, cpdir])
     last = history[-1]
     state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
@@ -117,7 +139,7 @@ def main() -> None:
         return f"{r[key]:.3f}" if key in r else "-"
 
     rows = "\n".join(
-        f"| {r['epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "
+        f"| {r['total_epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "
         f"{branch(r, 'test/moe_top1')} | {branch(r, 'test/contrastive_top1')} | {chain(r)} | "
         f"{r['test/chain_tokens_per_step']:.2f} | {r.get('epoch_seconds', 0) / 60:.0f} |"
         for r in history
@@ -154,6 +176,15 @@ def main() -> None:
         if args.draft_vocab_size
         else "over the whole vocabulary"
     )
+    runs = last["run"] + 1
+    epochs_text = (
+        " + ".join(str(sum(r["run"] == k for r in history)) for k in range(runs)) + f" = {len(history)} epochs"
+        if runs > 1
+        else f"{len(history)} epochs"
+    )
+    cycles_text = (
+        f"; {runs} runs, each continuing the last with `--init-from` and its own cosine cycle" if runs > 1 else ""
+    )
     feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
@@ -165,8 +196,8 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
   template of the tokenizer, {replies}, cut at {args.max_len} tokens ({scanned - conversations} had no
   reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
   (assistant) tokens**; 5 % held out.
-* Features recorded with the base model in {args.features_dtype}; training in {args.precision}, {len(history)} epochs,
-  batch 4, lr {args.lr} (cosine, warm-up 10 %), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0;
+* Features recorded with the base model in {args.features_dtype}; training in {args.precision}, {epochs_text},
+  batch 4, lr {args.lr} (cosine, warm-up 10 %{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0;
   token loss {draft_vocab_text}.
 * Hardware: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
   {hours:.2f} h for this head{feature_text}.

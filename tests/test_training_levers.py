@@ -235,3 +235,31 @@ def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspa
     assert all(0 <= r["test/contrastive_top1"] <= 1 for r in history)
     final = metrics(resumed)[-1]
     assert final["tokens"] == history[-1]["tokens"] and final["learned_tokens"] == history[-1]["learned_tokens"]
+
+
+def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
+    """package_head counts the epochs of every run a head went through, in order; bad folders are named."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("package_head", "scripts/package_head.py")
+    package_head = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(package_head)
+    runs = []
+    for run, epochs in enumerate((2, 1)):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        rows = []
+        for epoch in range(epochs):
+            rows.append({"epoch": epoch, "step": 10 * epoch + 5, "test/moe_top1": 0.1})  # mid-epoch evaluation
+            rows.append({"epoch": epoch, "train/loss": 3.0 - run - epoch / 10, "epoch_seconds": 60.0})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(str(folder))
+    history = package_head.training_history(runs)
+    assert [(r["run"], r["epoch"], r["total_epoch"]) for r in history] == [(0, 0, 0), (0, 1, 1), (1, 0, 2)]
+    assert [r["train/loss"] for r in history] == [3.0, 2.9, 2.0]
+    with pytest.raises(SystemExit, match="run9/metrics.jsonl: missing"):
+        package_head.training_history([*runs, str(tmp_path / "run9")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "step": 5}) + "\n")
+    with pytest.raises(SystemExit, match="no finished epoch"):
+        package_head.training_history([str(tmp_path / "empty")])
