@@ -1,8 +1,9 @@
 """Held-out top-1 of several trained heads against optimizer steps and training tokens, in one plot.
 
-    python benchmarks/heads_curve.py --run NAME=FOLDER [NAME=FOLDER ...] [--plot docs/heads_curve.png]
+    python benchmarks/heads_curve.py --run NAME=FOLDER [NAME=FOLDER+LATER ...] [--plot docs/heads_curve.png]
 
-FOLDER is a ``jakiro.train.main --cpdir`` (its ``metrics.jsonl``). The first branch is the head's
+FOLDER is a ``jakiro.train.main --cpdir`` (its ``metrics.jsonl``); ``FOLDER+LATER`` chains a run that
+continued FOLDER's head with ``--init-from`` (its steps and tokens counted on). The first branch is the head's
 next-token prediction (Jakiro's MoE, EAGLE-2's dense MLP, Jakiro*'s); the second is Jakiro's
 contrastive branch (the token after next), where the head has one. Prints the last evaluation of
 every run as a markdown table.
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from learning_curve import history, table  # noqa: E402
 
 
-def plot(runs: dict[str, str], target: str, title: str) -> None:
+def plot(runs: dict[str, tuple[str, ...]], target: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,7 @@ def plot(runs: dict[str, str], target: str, title: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for number, (name, folder) in enumerate(runs.items()):
-        rows = [r for r in history(folder) if "test/moe_top1" in r]
+        rows = [r for r in history(*folder) if "test/moe_top1" in r]
         if not rows:
             continue
         style = dict(marker="o", ms=3, label=name, color=f"C{number}")  # one colour per run in every panel
@@ -56,10 +57,11 @@ def main() -> None:
     args = parser.parse_args()
     runs = {}
     for item in args.run:
-        name, sep, folder = item.partition("=")
-        if not sep or not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
-            parser.error(f"--run {item!r}: expected NAME=FOLDER with FOLDER/metrics.jsonl")
-        runs[name] = folder
+        name, sep, folders = item.partition("=")
+        chain = tuple(folders.split("+"))
+        if not sep or not all(os.path.isfile(os.path.join(f, "metrics.jsonl")) for f in chain):
+            parser.error(f"--run {item!r}: expected NAME=FOLDER[+LATER...] with FOLDER/metrics.jsonl in each")
+        runs[name] = chain
     plot(runs, args.plot, args.title)
     print(table(runs, label="head"))
 

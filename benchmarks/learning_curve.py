@@ -61,15 +61,22 @@ RUNS = {  # name -> (description, extra flags)
 }
 
 
-def history(folder: str) -> list[dict]:
-    path = os.path.join(folder, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    rows = [json.loads(line) for line in open(path)]
-    out: dict[int, dict] = {}
-    for row in rows:  # one row per step (the epoch-end row repeats a mid-epoch one)
-        out[row["step"]] = {**out.get(row["step"], {}), **row}
-    return [out[k] for k in sorted(out)]
+def history(folder: str, *continued: str) -> list[dict]:
+    """Evaluation rows of a ``--cpdir`` by step; ``continued`` are later runs that started from it with
+    ``--init-from`` (in order), their steps, tokens and seconds counted on from the run before."""
+    out: list[dict] = []
+    for path in (folder, *continued):
+        path = os.path.join(path, "metrics.jsonl")
+        if not os.path.isfile(path):
+            return out
+        by_step: dict[int, dict] = {}
+        for row in map(json.loads, open(path)):  # one row per step (the epoch-end row repeats a mid-epoch one)
+            by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
+        offset = {k: out[-1].get(k, 0) for k in ("step", "tokens", "learned_tokens", "train_seconds")} if out else {}
+        out += [
+            {**by_step[k], **{key: by_step[k].get(key, 0) + v for key, v in offset.items()}} for k in sorted(by_step)
+        ]
+    return out
 
 
 def plot(names: list[str], out_dir: str, target: str) -> None:
@@ -104,16 +111,17 @@ def plot(names: list[str], out_dir: str, target: str) -> None:
     fig.savefig(target, dpi=110)
 
 
-def table(runs: dict[str, str], label: str = "run", chain: str = "chain tokens/step") -> str:
-    """The last held-out evaluation of each run (name -> ``--cpdir`` folder) as a markdown table; a head
-    without a contrastive branch (EAGLE-2) gets "-" there."""
+def table(runs: dict[str, str | tuple[str, ...]], label: str = "run", chain: str = "chain tokens/step") -> str:
+    """The last held-out evaluation of each run (name -> ``--cpdir`` folder, or the folders of runs that
+    continued one another) as a markdown table; a head without a contrastive branch (EAGLE-2) gets "-"."""
     lines = [
         f"| {label} | steps | learned tokens | train min | s/step | held-out top-1 (next token) | contrastive | "
         f"{chain} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, folder in runs.items():
-        rows = [r for r in history(folder) if "test/moe_top1" in r]
+        folders = (folder,) if isinstance(folder, str) else folder
+        rows = [r for r in history(*folders) if "test/moe_top1" in r]
         if not rows:
             continue
         r = rows[-1]

@@ -263,3 +263,36 @@ def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
     (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "step": 5}) + "\n")
     with pytest.raises(SystemExit, match="no finished epoch"):
         package_head.training_history([str(tmp_path / "empty")])
+
+
+def test_learning_curve_counts_steps_and_tokens_on_across_continued_runs(tmp_path):
+    """benchmarks/learning_curve.history(first, later): the later run's rows continue the first's axes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curve", "benchmarks/learning_curve.py")
+    learning_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning_curve)
+    for name, top1 in (("first", (0.2, 0.3)), ("later", (0.28, 0.4))):
+        (tmp_path / name).mkdir()
+        rows = [
+            {
+                "step": 5 * (i + 1),
+                "tokens": 100 * (i + 1),
+                "learned_tokens": 80 * (i + 1),
+                "train_seconds": 10.0 * (i + 1),
+            }
+            | {"test/moe_top1": t, "test/chain_tokens_per_step": 1.5}
+            for i, t in enumerate(top1)
+        ]
+        rows.append({"step": 10, "train/loss": 1.0})  # the epoch-end row repeats the last step's
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = learning_curve.history(str(tmp_path / "first"), str(tmp_path / "later"))
+    assert [(r["step"], r["learned_tokens"], r["test/moe_top1"]) for r in rows] == [
+        (5, 80, 0.2),
+        (10, 160, 0.3),
+        (15, 240, 0.28),
+        (20, 320, 0.4),
+    ]
+    assert rows[-1]["train/loss"] == 1.0 and rows[-1]["train_seconds"] == 40.0
+    table = learning_curve.table({"head": (str(tmp_path / "first"), str(tmp_path / "later"))})
+    assert "| head | 20 | 320 |" in table and "| 0.400 |" in table
