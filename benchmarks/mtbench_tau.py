@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from jakiro import variants
 from jakiro.evaluation.bench import hardware
 from jakiro.evaluation.questions import first_turn_ids, load_questions
 from jakiro.model.ea_model import EaModel
@@ -73,6 +74,7 @@ def main() -> None:
         model = EaModel.from_pretrained(
             ea_model_path=folder or None,
             shipped_head=kind,
+            variant=folder_variant(folder) if folder else None,
             **tree,
             dtype=torch.float32,
             draft_vocab_size=args.draft_vocab_size,
@@ -85,6 +87,18 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
+
+
+def folder_variant(folder: str) -> str | None:
+    """The draft-head variant a head folder's checkpoint layout names (a Jakiro* head), or None."""
+    from safetensors import safe_open
+
+    path = os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with safe_open(path, "pt") as f:
+        found = variants.for_checkpoint(f.keys())
+    return found.name if found else None
 
 
 def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> dict:
