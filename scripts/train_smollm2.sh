@@ -2,7 +2,9 @@
 # Train the Jakiro, EAGLE-2 and Jakiro* draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
 # Every stage resumes: rerun the same command after an interruption.
 #   N conversations of ShareGPT V3 (seeded shuffle), at most MAX_LEN tokens each, EPOCHS epochs
-#   (Jakiro* STAR_EPOCHS). The defaults are the recipe of the shipped heads (docs/training_plan.md).
+#   (Jakiro* STAR_EPOCHS), then CONTINUE_EPOCHS more in a second run that starts from the first run's
+#   head (--init-from, a fresh cosine cycle; not for Jakiro*; 0: none), in RUN/<arch>-2.
+#   The defaults are the recipe of the shipped heads (docs/training_plan.md).
 #   REGENERATE=1 replaces the assistant replies by SmolLM2's own greedy answers (self-distillation,
 #   at most REPLY_TOKENS tokens each, first REGENERATE_TURNS exchanges) before recording features.
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
@@ -16,6 +18,7 @@ N=${N:-1830}
 MAX_LEN=${MAX_LEN:-512}
 EPOCHS=${EPOCHS:-2}
 STAR_EPOCHS=${STAR_EPOCHS:-1}
+CONTINUE_EPOCHS=${CONTINUE_EPOCHS:-2}
 LR=${LR:-1e-3}
 REGENERATE=${REGENERATE:-0}
 REPLY_TOKENS=${REPLY_TOKENS:-256}
@@ -32,8 +35,9 @@ RUN=${RUN:-${JAKIRO_CACHE:-$HOME/.cache/jakiro}/runs/smollm2-sharegpt-n$N$SUFFIX
 EXTRA=()
 [ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
 TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --seed "$SEED" --eval-steps 150)
-[ "$WARM_START" = 1 ] && TRAIN+=(--warm-start-layer)
-[ -n "$INIT_FROM" ] && TRAIN+=(--init-from "$INIT_FROM")
+FIRST=()  # how the first run's head starts (the continuation starts from the first run's)
+[ "$WARM_START" = 1 ] && FIRST+=(--warm-start-layer)
+[ -n "$INIT_FROM" ] && FIRST+=(--init-from "$INIT_FROM")
 PY=${PY:-python}
 FEATURE_DTYPE=$($PY -c "from jakiro.device import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
 mkdir -p "$RUN"
@@ -42,10 +46,16 @@ echo "run folder: $RUN; base-model features in $FEATURE_DTYPE"
 $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$N" \
     --workers 1 -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
 # 2. the heads: same data, seed and lr schedule (Jakiro* with STAR_EPOCHS)
+train() {  # CPDIR EPOCHS [extra flags]
+  $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$1" --arch "$ARCH" --num-epochs "$2" \
+      --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
+      "${TRAIN[@]}" "${@:3}"
+}
 for ARCH in $ARCHS; do
   ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$EPOCHS")
-  $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$RUN/$ARCH" --arch "$ARCH" --num-epochs "$ARCH_EPOCHS" \
-      --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
-      "${TRAIN[@]}"
+  train "$RUN/$ARCH" "$ARCH_EPOCHS" "${FIRST[@]}"
+  if [ "$ARCH" != jakiro_star ] && [ "$CONTINUE_EPOCHS" -gt 0 ]; then
+    train "$RUN/$ARCH-2" "$CONTINUE_EPOCHS" --init-from "$RUN/$ARCH/state_$((ARCH_EPOCHS - 1))"
+  fi
 done
-echo "done: the last $RUN/<arch>/state_<epoch> of each of $ARCHS"
+echo "done: each head is the last state_<epoch> of $RUN/<arch>-2 ($RUN/<arch> with CONTINUE_EPOCHS=0 and for Jakiro*)"
