@@ -185,6 +185,7 @@ def main() -> None:
     cycles_text = (
         f"; {runs} runs, each continuing the last with `--init-from` and its own cosine cycle" if runs > 1 else ""
     )
+    branch_name = "MLP" if args.arch == "eagle2" else "MoE"  # the next-token branch
     feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
@@ -204,7 +205,7 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
 
-| epoch | train loss | train top-1 (MoE) | train top-1 (contrastive) | held-out top-1 (MoE) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | minutes |
+| epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | minutes |
 |---|---|---|---|---|---|---|---|---|
 {rows}
 
