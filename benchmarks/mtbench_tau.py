@@ -21,6 +21,7 @@ import torch
 from jakiro import variants
 from jakiro.evaluation.bench import hardware
 from jakiro.evaluation.questions import first_turn_ids, load_questions
+from jakiro.model.checkpoint import read_state_dict, resolve_draft_folder
 from jakiro.model.ea_model import EaModel
 
 
@@ -91,13 +92,7 @@ def main() -> None:
 
 def folder_variant(folder: str) -> str | None:
     """The draft-head variant a head folder's checkpoint layout names (a Jakiro* head), or None."""
-    from safetensors import safe_open
-
-    path = os.path.join(folder, "model.safetensors")
-    if not os.path.isfile(path):
-        return None
-    with safe_open(path, "pt") as f:
-        found = variants.for_checkpoint(f.keys())
+    found = variants.for_checkpoint(read_state_dict(resolve_draft_folder(folder)))
     return found.name if found else None
 
 

@@ -1,5 +1,7 @@
-"""Helpers only the tests use: biased verifiers for negative controls and the eos-stop check."""
+"""Helpers only the tests use: biased verifiers for negative controls, the eos-stop check, and loading a
+script of ``scripts/`` or ``benchmarks/`` (not packages) as a module."""
 
+import importlib.util
 from functools import partial
 
 from jakiro.model.verification import verify_sampling
@@ -28,3 +30,11 @@ def eos_stop_hits(model, seeds) -> int:
         assert out.tolist() == ref.tolist()
         hits += int(out[0, -1] == stop)
     return hits
+
+
+def load_script(path: str):
+    """The Python file at ``path`` (relative to the repository root) imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.rsplit("/", 1)[-1].removesuffix(".py"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from helpers import load_script
 from safetensors.torch import load_file
 from test_pipeline import features, metrics, tokenizer, train, workspace  # noqa: F401 (fixtures)
 from transformers import AutoModelForCausalLM
@@ -239,11 +240,7 @@ def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspa
 
 def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
     """package_head counts the epochs of every run a head went through, in order; bad folders are named."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("package_head", "scripts/package_head.py")
-    package_head = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(package_head)
+    package_head = load_script("scripts/package_head.py")
     runs = []
     for run, epochs in enumerate((2, 1)):
         folder = tmp_path / f"run{run}"
@@ -267,11 +264,7 @@ def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
 
 def test_learning_curve_counts_steps_and_tokens_on_across_continued_runs(tmp_path):
     """benchmarks/learning_curve.history(first, later): the later run's rows continue the first's axes."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("learning_curve", "benchmarks/learning_curve.py")
-    learning_curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(learning_curve)
+    learning_curve = load_script("benchmarks/learning_curve.py")
     for name, top1 in (("first", (0.2, 0.3)), ("later", (0.28, 0.4))):
         (tmp_path / name).mkdir()
         rows = [
