@@ -3,7 +3,8 @@
     python scripts/package_head.py --run RUN --arch jakiro [--tau-file results/mtbench_tau.json]
 
 Reads RUN/<arch>/metrics.jsonl (or --cpdir) and its last state_<epoch>/, counts the training data in
-RUN/data, and writes jakiro/heads/smollm2-135m-instruct-<arch>/{config.json,model.safetensors,README.md}.
+RUN/data, and writes jakiro/heads/smollm2-135m-instruct-<arch>/{config.json,model.safetensors,README.md} (with the
+run's split.json, the conversations it trained on and held out, for a later ``--split-from``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main() -> None:
             continue
         shutil.copy(os.path.join(state, name), os.path.join(dest, name))
         os.chmod(os.path.join(dest, name), 0o644)
+    if os.path.isfile(os.path.join(cpdir, "split.json")):  # so a later run can keep the held-out split (--split-from)
+        shutil.copy(os.path.join(cpdir, "split.json"), os.path.join(dest, "split.json"))
     ranking_note = ""
     if args.fill_ranking:
         ranked = fill_ranking(os.path.join(dest, "draft_vocab.safetensors"), args.fill_ranking)

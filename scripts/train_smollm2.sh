@@ -10,6 +10,8 @@
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
 #   WARM_START=1 starts each head from SmolLM2's last decoder layer; INIT_FROM=DIR from an existing
 #   head folder (one per ARCH: INIT_FROM=DIR is used for every arch, so give one ARCH with it).
+#   SPLIT_FROM=PATH keeps an earlier run's held-out conversations held out (its split.json or --cpdir;
+#   a shipped head folder carries its split.json): use it with INIT_FROM when N grows.
 #   TIME_BUDGET=HOURS prints, before each head trains, the steps and tokens that fit (measured).
 #   THREADS=N torch threads (0: torch's default). Features and training use bf16 only where the CPU
 #   has native bf16 units (avx512_bf16 / AMX); elsewhere bf16 is slower than fp32.
@@ -27,6 +29,7 @@ ARCHS=${ARCHS:-jakiro eagle2 jakiro_star}
 DRAFT_VOCAB=${DRAFT_VOCAB:-8192}
 WARM_START=${WARM_START:-0}
 INIT_FROM=${INIT_FROM:-}
+SPLIT_FROM=${SPLIT_FROM:-}
 TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
 SEED=${SEED:-0}
@@ -37,7 +40,8 @@ EXTRA=()
 TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --seed "$SEED" --eval-steps 150)
 FIRST=()  # how the first run's head starts (the continuation starts from the first run's)
 [ "$WARM_START" = 1 ] && FIRST+=(--warm-start-layer)
-[ -n "$INIT_FROM" ] && FIRST+=(--init-from "$INIT_FROM")
+[ -n "$INIT_FROM" ] && FIRST+=(--init-from "$INIT_FROM" --eval-first)
+[ -n "$SPLIT_FROM" ] && FIRST+=(--split-from "$SPLIT_FROM")
 PY=${PY:-python}
 FEATURE_DTYPE=$($PY -c "from jakiro.device import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
 mkdir -p "$RUN"
@@ -55,7 +59,7 @@ for ARCH in $ARCHS; do
   ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$EPOCHS")
   train "$RUN/$ARCH" "$ARCH_EPOCHS" "${FIRST[@]}"
   if [ "$ARCH" != jakiro_star ] && [ "$CONTINUE_EPOCHS" -gt 0 ]; then
-    train "$RUN/$ARCH-2" "$CONTINUE_EPOCHS" --init-from "$RUN/$ARCH/state_$((ARCH_EPOCHS - 1))"
+    train "$RUN/$ARCH-2" "$CONTINUE_EPOCHS" --init-from "$RUN/$ARCH/state_$((ARCH_EPOCHS - 1))" --split-from "$RUN/$ARCH"
   fi
 done
 echo "done: each head is the last state_<epoch> of $RUN/<arch>-2 ($RUN/<arch> with CONTINUE_EPOCHS=0 and for Jakiro*)"

@@ -1,11 +1,14 @@
 """Training levers on the tiny models: draft-vocabulary loss, mixed precision choice, warm start from a
-base layer, --init-from, the time-budget projection, held-out curves, and exact resume with them.
+base layer, --init-from, the time-budget projection, held-out curves, a held-out split that survives
+growing data (--split-from), and exact resume with them.
 
 The workspace (a tiny random Llama with SmolLM2's tokenizer, a dozen conversations, their features)
 comes from ``test_pipeline.py``'s fixtures.
 """
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from transformers import AutoModelForCausalLM
 import jakiro.train.main as train_module
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
+from jakiro.train.data import read_split, sample_files, split
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
 
@@ -124,6 +128,7 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--warm-start-layer", "--arch", "jakiro_star"], "does not apply to --arch jakiro_star"),
         (["--init-from", "/nonexistent/head"], "not a folder"),
         (["--eval-steps", "-2"], "--eval-steps must be >= 0"),
+        (["--split-from", "/nonexistent/run"], "no such file or folder"),
     ):
         with pytest.raises(SystemExit):
             train_module.parse_args(base + extra)
@@ -289,3 +294,38 @@ def test_learning_curve_counts_steps_and_tokens_on_across_continued_runs(tmp_pat
     assert rows[-1]["train/loss"] == 1.0 and rows[-1]["train_seconds"] == 40.0
     table = learning_curve.table({"head": (str(tmp_path / "first"), str(tmp_path / "later"))})
     assert "| head | 20 | 320 |" in table and "| 0.400 |" in table
+
+
+def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_start(workspace, features, capsys):  # noqa: F811
+    first = workspace / "split-first"
+    train(workspace, features, first, "--num-epochs", "1")
+    recorded = read_split(first)
+    assert (len(recorded["train"]), len(recorded["test"])) == (10, 2)
+
+    grown = workspace / "features-grown"  # seven more conversations, named so they sort before the old ones
+    shutil.copytree(features, grown)
+    for number, source in enumerate(sorted(grown.rglob("*.safetensors"))[:7]):
+        shutil.copy(source, source.parent / f"added_{number}.safetensors")
+    plain = {os.path.relpath(f, grown) for f in split(sample_files(str(grown)), 0.2)[1]}
+    assert plain & set(recorded["train"])  # the position rule alone would evaluate on trained conversations
+
+    second = workspace / "split-second"
+    common = ["--num-epochs", "1", "--init-from", str(first / "state_0"), "--split-from", str(first), "--eval-first"]
+    train(workspace, grown, second, *common)
+    kept = read_split(second)
+    assert set(recorded["test"]) <= set(kept["test"]) and not set(recorded["train"]) & set(kept["test"])
+    assert (len(kept["train"]), len(kept["test"])) == (16, 3)  # the 2 kept and every 5th of the 7 new
+    start = metrics(second)[0]
+    assert (start["step"], start["tokens"]) == (0, 0) and "test/moe_top1" in start and len(metrics(second)) == 2
+
+    # on the same files the step-0 evaluation is the first run's final one: same head, same held-out split
+    same = workspace / "split-same"
+    train(workspace, features, same, *common)
+    for key in ("test/moe_top1", "test/contrastive_top1", "test/chain_tokens_per_step"):
+        assert metrics(same)[0][key] == pytest.approx(metrics(first)[-1][key], abs=1e-6)
+
+    capsys.readouterr()  # a resumed run keeps the split it recorded even when files were added since
+    train(workspace, grown, first, "--num-epochs", "1", "--resume")
+    assert "10 training conversations" in capsys.readouterr().out and read_split(first) == recorded
+    with pytest.raises(FileNotFoundError, match="no split.json"):
+        read_split(str(workspace))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import torch
@@ -17,16 +18,53 @@ def sample_files(datapath: str) -> list[str]:
     return files
 
 
-def split(files: list[str], test_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic split: every ``1/test_fraction``-th file is held out."""
-    if not files:
-        return [], []
-    if test_fraction <= 0:
-        return files, []
+def split(
+    files: list[str], test_fraction: float, previous: dict[str, list[str]] | None = None, root: str = ""
+) -> tuple[list[str], list[str]]:
+    """Deterministic split: every ``1/test_fraction``-th file is held out (at least one).
+
+    ``previous`` (an earlier run's ``split.json``, see :func:`read_split`; names relative to ``root``)
+    keeps each file it names on its side and applies the rule to the others only, so a head continued on
+    grown data never finds a conversation it trained on among the held-out ones.
+    """
+    if test_fraction <= 0 or not files:
+        return list(files), []
     step = max(2, round(1 / test_fraction))
-    test = files[step - 1 :: step] or files[-1:]
-    held = set(test)
-    return [f for f in files if f not in held], test
+    side = {}
+    if previous:
+        side = {name: False for name in previous["train"]} | {name: True for name in previous["test"]}
+    names = [os.path.relpath(f, root) for f in files]
+    new = [f for f, name in zip(files, names) if name not in side]
+    held = {f for f, name in zip(files, names) if side.get(name)} | set(new[step - 1 :: step])
+    if not held:
+        held = {files[-1]}
+    return [f for f in files if f not in held], [f for f in files if f in held]
+
+
+SPLIT_FILE = "split.json"
+
+
+def read_split(path: str) -> dict[str, list[str]]:
+    """A run's train/held-out file names: ``path`` is a ``split.json`` or a folder (a run's ``--cpdir``) holding one."""
+    if os.path.isdir(path):
+        path = os.path.join(path, SPLIT_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {SPLIT_FILE} at {path} (a training run writes one into its --cpdir)")
+    with open(path) as f:
+        recorded = json.load(f)
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), list) for k in ("train", "test")):
+        raise ValueError(f"{path}: expected {{'train': [...], 'test': [...]}} file lists")
+    return recorded
+
+
+def write_split(folder: str, train: list[str], test: list[str], root: str) -> None:
+    """Record which files (relative to ``root``) a run trains on and holds out, atomically."""
+    path = os.path.join(folder, SPLIT_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(
+            {"train": [os.path.relpath(x, root) for x in train], "test": [os.path.relpath(x, root) for x in test]}, f
+        )
+    os.replace(path + ".tmp", path)
 
 
 class FeatureDataset(Dataset):

@@ -15,8 +15,9 @@ Metrics go to stdout, ``CKPT/metrics.jsonl`` and the progress bar.
 Levers for short CPU runs: ``--draft-vocab-size K`` (the loss over the K most frequent learned
 tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf16 matrix units),
 ``--warm-start-layer [N]`` (start from base decoder layer N), ``--init-from DIR`` (continue from an
-existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve) and
-``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training).
+existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
+``--eval-first`` adds step 0), ``--split-from CKPT`` (keep an earlier run's held-out files held out when the data
+grows) and ``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training).
 """
 
 from __future__ import annotations
@@ -38,7 +39,17 @@ from ..device import cpu_has_fast_bf16
 from ..model.checkpoint import save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
-from .data import FeatureDataset, collate, data_size, sample_files, split, token_ranking
+from .data import (
+    SPLIT_FILE,
+    FeatureDataset,
+    collate,
+    data_size,
+    read_split,
+    sample_files,
+    split,
+    token_ranking,
+    write_split,
+)
 from .warm_start import feature_scale, init_from, load_base_layer, warm_start
 
 CHECKPOINT = "checkpoint"
@@ -110,6 +121,18 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     )
     p.add_argument("--eval-steps", type=int, default=0, help="also evaluate the held-out split every N optimizer steps")
     p.add_argument(
+        "--eval-first",
+        action="store_true",
+        help="also evaluate before the first step (a curve's starting point, e.g. the --init-from head)",
+    )
+    p.add_argument(
+        "--split-from",
+        default=None,
+        metavar="PATH",
+        help="an earlier run's split.json (or its --cpdir): its files keep their train/held-out side and only "
+        "files added since are split, so a continued head is never evaluated on conversations it trained on",
+    )
+    p.add_argument(
         "--time-budget",
         type=float,
         default=0,
@@ -131,6 +154,8 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error(f"--warm-start-layer does not apply to --arch {args.arch}: its layer has no base-model counterpart")
     if args.init_from and not os.path.isdir(args.init_from):
         p.error(f"--init-from {args.init_from}: not a folder (expected config.json + model.safetensors)")
+    if args.split_from and not os.path.exists(args.split_from):
+        p.error(f"--split-from {args.split_from}: no such file or folder (a split.json or a run's --cpdir)")
     for name in ("eval_steps", "time_budget", "threads"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -310,8 +335,7 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     head_weight = head_weight.to(device)
     embedding = torch.nn.Embedding.from_pretrained(embedding_weight.to(device), freeze=True)
     model = head_class(args.arch)(config, embed_tokens=embedding)
-    files = sample_files(args.tmpdir)
-    train_files, test_files = split(files, args.test_fraction)
+    train_files, test_files, split_note = choose_split(args)
     train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
     start = "random"
     if args.warm_start_layer is not None:
@@ -335,7 +359,7 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     positions, learned = data_size(train_files, args.max_len)
     accelerator.print(
         f"{len(train_files)} training conversations ({positions} tokens, {learned} learned) and "
-        f"{len(test_files)} held-out; {args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"{len(test_files)} held-out{split_note}; {args.arch} head, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"parameters, initialised from {start}; token loss over "
         f"{'the full vocabulary' if vocab.ids is None else f'{len(vocab.ids)} tokens'}; precision "
         f"{precision or accelerator.mixed_precision}; {accelerator.num_processes} process(es) on {device}, "
@@ -353,6 +377,8 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         torch.utils.data.DataLoader(test_set, batch_size=args.bs, collate_fn=collate, num_workers=args.num_workers)
     )
     os.makedirs(args.cpdir, exist_ok=True)
+    if accelerator.is_main_process:
+        write_split(args.cpdir, train_files, test_files, args.tmpdir)
 
     start_epoch, skip_batches = 0, 0
     seen = {"step": 0, "tokens": 0, "learned_tokens": 0, "train_seconds": 0.0}  # carried across resumes
@@ -387,6 +413,16 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
             with open(os.path.join(args.cpdir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
         accelerator.print(json.dumps(record))
+
+    if args.eval_first and seen["step"] == 0 and not skip_batches:
+        log(
+            {
+                "epoch": start_epoch,
+                **seen,
+                "lr": scheduler.get_last_lr()[0],
+                **evaluate(accelerator, model, test_loader, head_weight, args, vocab),
+            }
+        )
 
     for epoch in range(start_epoch, args.num_epochs):
         epoch_start = time.perf_counter()
@@ -468,6 +504,31 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
             save_draft_vocab(state_dir, *ranking)
         log(record)
         save_checkpoint(epoch + 1, 0)
+
+
+def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
+    """Training and held-out files, and a note for the log.
+
+    A resumed run keeps the split it recorded (files added since are left out); ``--split-from`` keeps an
+    earlier run's sides and splits only new files; otherwise every ``1/--test-fraction``-th file is held out.
+    """
+    files = sample_files(args.tmpdir)
+    recorded = os.path.join(args.cpdir, SPLIT_FILE)
+    if args.resume and os.path.isfile(recorded):
+        previous = read_split(recorded)
+        names = set(previous["train"]) | set(previous["test"])
+        present = [f for f in files if os.path.relpath(f, args.tmpdir) in names]
+        if len(present) != len(names):
+            raise FileNotFoundError(
+                f"{recorded} names {len(names) - len(present)} sample file(s) missing under {args.tmpdir}"
+            )
+        return *split(present, args.test_fraction, previous, args.tmpdir), f" (the split recorded in {recorded})"
+    if args.split_from:
+        previous = read_split(args.split_from)
+        train_files, test_files = split(files, args.test_fraction, previous, args.tmpdir)
+        kept = len(set(previous["test"]) & {os.path.relpath(f, args.tmpdir) for f in test_files})
+        return train_files, test_files, f" ({kept} kept from {args.split_from}, the rest new)"
+    return *split(files, args.test_fraction), ""
 
 
 def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator, steps: int = 3) -> float:
