@@ -11,10 +11,11 @@ time) and a markdown table of the last evaluation of every run on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
+
+from jakiro.train.history import chained_rows
 
 COMMON = [
     "--arch",
@@ -64,19 +65,9 @@ RUNS = {  # name -> (description, extra flags)
 def history(folder: str, *continued: str) -> list[dict]:
     """Evaluation rows of a ``--cpdir`` by step; ``continued`` are later runs that started from it with
     ``--init-from`` (in order), their steps, tokens and seconds counted on from the run before."""
-    out: list[dict] = []
-    for path in (folder, *continued):
-        path = os.path.join(path, "metrics.jsonl")
-        if not os.path.isfile(path):
-            return out
-        by_step: dict[int, dict] = {}
-        for row in map(json.loads, open(path)):  # one row per step (the epoch-end row repeats a mid-epoch one)
-            by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
-        offset = {k: out[-1].get(k, 0) for k in ("step", "tokens", "learned_tokens", "train_seconds")} if out else {}
-        out += [
-            {**by_step[k], **{key: by_step[k].get(key, 0) + v for key, v in offset.items()}} for k in sorted(by_step)
-        ]
-    return out
+    if not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+        return []
+    return chained_rows([folder, *continued], missing_ok=True)
 
 
 def plot(names: list[str], out_dir: str, target: str) -> None:

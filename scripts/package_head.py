@@ -18,6 +18,7 @@ import shutil
 from safetensors import safe_open
 
 from jakiro.device import processor_name
+from jakiro.train.history import epoch_ends
 
 
 def data_stats(folder: str) -> tuple[int, int, int, int]:
@@ -29,22 +30,6 @@ def data_stats(folder: str) -> tuple[int, int, int, int]:
         conversations, tokens, learned = conversations + 1, tokens + mask.numel(), learned + int(mask.sum())
         last = max(last, int(os.path.basename(path)[len("data_") : -len(".safetensors")]) + 1)
     return conversations, tokens, learned, last
-
-
-def training_history(cpdirs: list[str]) -> list[dict]:
-    """Epoch-end metrics of a chain of training runs, oldest first (each continued the previous one with
-    ``--init-from``); every row gains ``run`` (its index) and ``total_epoch`` (epochs since the first run)."""
-    rows: list[dict] = []
-    for run, cpdir in enumerate(cpdirs):
-        path = os.path.join(cpdir, "metrics.jsonl")
-        if not os.path.isfile(path):
-            raise SystemExit(f"{path}: missing (is {cpdir} a training run's --cpdir?)")
-        ends = [json.loads(line) for line in open(path)]
-        ends = [r for r in ends if "train/loss" in r]  # epoch ends (--eval-steps adds mid-epoch rows)
-        if not ends:
-            raise SystemExit(f"{path}: no finished epoch")
-        rows += [dict(r, run=run, total_epoch=len(rows) + i) for i, r in enumerate(ends)]
-    return rows
 
 
 def fill_ranking(path: str, extra: str) -> int:
@@ -96,7 +81,10 @@ def main() -> None:
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
     cpdir = args.cpdir or os.path.join(args.run, args.arch)
-    history = training_history([*args.continued_from, cpdir])
+    try:
+        history = epoch_ends([*args.continued_from, cpdir])
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
     last = history[-1]
     state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")

@@ -21,6 +21,7 @@ import jakiro.train.main as train_module
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.train.data import read_split, sample_files, split
+from jakiro.train.history import epoch_ends
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
 
@@ -244,8 +245,7 @@ def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspa
 
 
 def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
-    """package_head counts the epochs of every run a head went through, in order; bad folders are named."""
-    package_head = load_script("scripts/package_head.py")
+    """The model card counts the epochs of every run a head went through, in order; bad folders are named."""
     runs = []
     for run, epochs in enumerate((2, 1)):
         folder = tmp_path / f"run{run}"
@@ -253,18 +253,20 @@ def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
         rows = []
         for epoch in range(epochs):
             rows.append({"epoch": epoch, "step": 10 * epoch + 5, "test/moe_top1": 0.1})  # mid-epoch evaluation
-            rows.append({"epoch": epoch, "train/loss": 3.0 - run - epoch / 10, "epoch_seconds": 60.0})
+            rows.append(
+                {"epoch": epoch, "step": 10 * epoch + 10, "train/loss": 3.0 - run - epoch / 10, "epoch_seconds": 60.0}
+            )
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         runs.append(str(folder))
-    history = package_head.training_history(runs)
+    history = epoch_ends(runs)
     assert [(r["run"], r["epoch"], r["total_epoch"]) for r in history] == [(0, 0, 0), (0, 1, 1), (1, 0, 2)]
     assert [r["train/loss"] for r in history] == [3.0, 2.9, 2.0]
-    with pytest.raises(SystemExit, match="run9/metrics.jsonl: missing"):
-        package_head.training_history([*runs, str(tmp_path / "run9")])
+    with pytest.raises(FileNotFoundError, match="run9/metrics.jsonl: missing"):
+        epoch_ends([*runs, str(tmp_path / "run9")])
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "step": 5}) + "\n")
-    with pytest.raises(SystemExit, match="no finished epoch"):
-        package_head.training_history([str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match="no finished epoch"):
+        epoch_ends([str(tmp_path / "empty")])
 
 
 def test_learning_curve_counts_steps_and_tokens_on_across_continued_runs(tmp_path):
