@@ -17,6 +17,7 @@ import os
 import time
 
 import torch
+from tqdm import tqdm
 
 from jakiro import variants
 from jakiro.evaluation.bench import hardware
@@ -104,12 +105,14 @@ def measure(model: EaModel, questions: list[dict], args: argparse.Namespace) -> 
     new = steps = identical = 0
     per_prompt = []  # (new tokens, verification steps) of each prompt: τ of any prefix of the set
     spec_time = plain_time = plain_new = 0.0
-    for ids in prompts:
+    bar = tqdm(prompts, desc=f"τ on {len(prompts)} prompts", unit="prompt")
+    for ids in bar:
         start = time.perf_counter()
         out, n, idx = model.eagenerate(ids, max_new_tokens=args.max_new_tokens, log=True)
         spec_time += time.perf_counter() - start
         new, steps = new + n, steps + idx + 1
         per_prompt.append([int(n), int(idx) + 1])
+        bar.set_postfix(tau=f"{new / steps:.2f}")
         if args.no_plain:
             continue
         start = time.perf_counter()
