@@ -18,6 +18,7 @@ import shutil
 from safetensors import safe_open
 
 from jakiro.device import processor_name
+from jakiro.train.data import SPLIT_FILE
 from jakiro.train.history import epoch_ends
 
 
@@ -94,8 +95,8 @@ def main() -> None:
             continue
         shutil.copy(os.path.join(state, name), os.path.join(dest, name))
         os.chmod(os.path.join(dest, name), 0o644)
-    if os.path.isfile(os.path.join(cpdir, "split.json")):  # so a later run can keep the held-out split (--split-from)
-        shutil.copy(os.path.join(cpdir, "split.json"), os.path.join(dest, "split.json"))
+    if os.path.isfile(os.path.join(cpdir, SPLIT_FILE)):  # so a later run can keep the held-out split (--split-from)
+        shutil.copy(os.path.join(cpdir, SPLIT_FILE), os.path.join(dest, SPLIT_FILE))
     ranking_note = ""
     if args.fill_ranking:
         ranked = fill_ranking(os.path.join(dest, "draft_vocab.safetensors"), args.fill_ranking)
