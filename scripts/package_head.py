@@ -18,7 +18,7 @@ import shutil
 from safetensors import safe_open
 
 from jakiro.device import processor_name
-from jakiro.train.data import SPLIT_FILE
+from jakiro.train.data import SPLIT_FILE, read_split
 from jakiro.train.history import epoch_ends
 
 
@@ -73,6 +73,9 @@ def main() -> None:
     )
     parser.add_argument("--tau-file", default=None, help="results of benchmarks/mtbench_tau.py (several sets: --sets)")
     parser.add_argument("--lr", default="3e-4")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="each run's --seed, oldest first (one: the same for all)"
+    )
     parser.add_argument("--features-dtype", default="bfloat16")
     parser.add_argument("--precision", default="bf16 autocast", help="how the head was trained (fp32, bf16 autocast)")
     parser.add_argument(
@@ -87,6 +90,12 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
     last = history[-1]
+    cpdirs = [*args.continued_from, cpdir]
+    if len(args.seeds) not in (1, len(cpdirs)):
+        raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
+    held_out = [  # held-out conversations per run: a run that grew its data evaluates on a larger set
+        str(len(read_split(d)["test"])) if os.path.isfile(os.path.join(d, SPLIT_FILE)) else "?" for d in cpdirs
+    ]
     state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
     os.makedirs(dest, exist_ok=True)
@@ -133,7 +142,7 @@ def main() -> None:
     rows = "\n".join(
         f"| {r['total_epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "
         f"{branch(r, 'test/moe_top1')} | {branch(r, 'test/contrastive_top1')} | {chain(r)} | "
-        f"{r['test/chain_tokens_per_step']:.2f} | {r.get('epoch_seconds', 0) / 60:.0f} |"
+        f"{r['test/chain_tokens_per_step']:.2f} | {held_out[r['run']]} | {r.get('epoch_seconds', 0) / 60:.0f} |"
         for r in history
     )
     tau_text = "not measured yet"
@@ -177,6 +186,11 @@ def main() -> None:
     cycles_text = (
         f"; {runs} runs, each continuing the last with `--init-from` and its own cosine cycle" if runs > 1 else ""
     )
+    seeds_text = (
+        f"seed {args.seeds[0]}"
+        if len(set(args.seeds)) == 1
+        else "seeds " + " / ".join(map(str, args.seeds)) + " (one per run)"
+    )
     branch_name = "MLP" if args.arch == "eagle2" else "MoE"  # the next-token branch
     feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
@@ -190,15 +204,15 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
   reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
   (assistant) tokens**; 5 % held out.
 * Features recorded with the base model in {args.features_dtype}; training in {args.precision}, {epochs_text},
-  batch 4, lr {args.lr} (cosine, warm-up 10 %{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, seed 0;
+  batch 4, lr {args.lr} (cosine, warm-up 10 %{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
   token loss {draft_vocab_text}.
 * Hardware: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
   {hours:.2f} h for this head{feature_text}.
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
 
-| epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | minutes |
-|---|---|---|---|---|---|---|---|---|
+| epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | held-out conversations | minutes |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 Measured speculative decoding: {tau_text}

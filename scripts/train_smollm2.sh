@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Train the Jakiro, EAGLE-2 and Jakiro* draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
 # Every stage resumes: rerun the same command after an interruption.
-#   N conversations of ShareGPT V3 (seeded shuffle), at most MAX_LEN tokens each, EPOCHS epochs
-#   (Jakiro* STAR_EPOCHS), then CONTINUE_EPOCHS more in a second run that starts from the first run's
-#   head (--init-from, a fresh cosine cycle; not for Jakiro*; 0: none), in RUN/<arch>-2.
-#   The defaults are the recipe of the shipped heads (docs/training_plan.md).
+#   STAGES="N:EPOCHS[:SEED] ...": one training run per stage. A stage first records base-model features
+#   for the first N conversations of ShareGPT V3 (seeded shuffle; a later, larger N only adds the new
+#   ones), at most MAX_LEN tokens each, then trains EPOCHS epochs over all of them. Stage k>1 starts from
+#   stage k-1's head (--init-from, a fresh cosine cycle from LR), keeps its held-out conversations held
+#   out (--split-from) and logs its starting point (--eval-first); its folder is RUN/<arch>-k.
+#   Jakiro* runs the first stage only, with STAR_EPOCHS epochs (the smaller budget issue #10 allows).
+#   The default STAGES is the recipe of the shipped heads (docs/training_plan.md). The older two-run
+#   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
 #   REGENERATE=1 replaces the assistant replies by SmolLM2's own greedy answers (self-distillation,
 #   at most REPLY_TOKENS tokens each, first REGENERATE_TURNS exchanges) before recording features.
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
@@ -15,12 +19,20 @@
 #   TIME_BUDGET=HOURS prints, before each head trains, the steps and tokens that fit (measured).
 #   THREADS=N torch threads (0: torch's default). Features and training use bf16 only where the CPU
 #   has native bf16 units (avx512_bf16 / AMX); elsewhere bf16 is slower than fp32.
+#   BASEPATH=DIR and DATA=FILE replace the embedded SmolLM2 and ShareGPT package (another base model
+#   needs its own chat template; the tests use a tiny model).
 set -euo pipefail
-N=${N:-1830}
+if [ -z "${STAGES:-}" ]; then
+  if [ -n "${N:-}${EPOCHS:-}${CONTINUE_EPOCHS:-}" ]; then
+    N=${N:-1830}
+    STAGES="$N:${EPOCHS:-2}"
+    [ "${CONTINUE_EPOCHS:-2}" -gt 0 ] && STAGES+=" $N:${CONTINUE_EPOCHS:-2}"
+  else
+    STAGES="1830:2 1830:2 3600:1"
+  fi
+fi
 MAX_LEN=${MAX_LEN:-512}
-EPOCHS=${EPOCHS:-2}
 STAR_EPOCHS=${STAR_EPOCHS:-1}
-CONTINUE_EPOCHS=${CONTINUE_EPOCHS:-2}
 LR=${LR:-1e-3}
 REGENERATE=${REGENERATE:-0}
 REPLY_TOKENS=${REPLY_TOKENS:-256}
@@ -33,33 +45,52 @@ SPLIT_FROM=${SPLIT_FROM:-}
 TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
 SEED=${SEED:-0}
+for STAGE in $STAGES; do
+  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:[0-9]+)?$ ]] || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED]" >&2; exit 2; }
+done
+LAST_N=${STAGES##* }
+LAST_N=${LAST_N%%:*}
 SUFFIX=$([ "$REGENERATE" = 1 ] && echo "-regen" || true)
-RUN=${RUN:-${JAKIRO_CACHE:-$HOME/.cache/jakiro}/runs/smollm2-sharegpt-n$N$SUFFIX}
+RUN=${RUN:-${JAKIRO_CACHE:-$HOME/.cache/jakiro}/runs/smollm2-sharegpt-n$LAST_N$SUFFIX}
+SOURCE=()  # base model and conversations, when not the embedded ones
+[ -n "${BASEPATH:-}" ] && SOURCE+=(--basepath "$BASEPATH")
+FEATURES=("${SOURCE[@]}")
+[ -n "${DATA:-}" ] && FEATURES+=(--data "$DATA")
 EXTRA=()
 [ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
-TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --seed "$SEED" --eval-steps 150)
-FIRST=()  # how the first run's head starts (the continuation starts from the first run's)
+TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --eval-steps 150 "${SOURCE[@]}")
+FIRST=()  # how the first stage's head starts (each later stage starts from the one before)
 [ "$WARM_START" = 1 ] && FIRST+=(--warm-start-layer)
 [ -n "$INIT_FROM" ] && FIRST+=(--init-from "$INIT_FROM" --eval-first)
 [ -n "$SPLIT_FROM" ] && FIRST+=(--split-from "$SPLIT_FROM")
 PY=${PY:-python}
 FEATURE_DTYPE=$($PY -c "from jakiro.device import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
 mkdir -p "$RUN"
-echo "run folder: $RUN; base-model features in $FEATURE_DTYPE"
-# 1. base-model features
-$PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$N" \
-    --workers 1 -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
-# 2. the heads: same data, seed and lr schedule (Jakiro* with STAR_EPOCHS)
-train() {  # CPDIR EPOCHS [extra flags]
-  $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$1" --arch "$ARCH" --num-epochs "$2" \
+echo "run folder: $RUN; stages (conversations:epochs[:seed]): $STAGES; base-model features in $FEATURE_DTYPE"
+train() {  # CPDIR EPOCHS SEED [extra flags]
+  $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$1" --arch "$ARCH" --num-epochs "$2" --seed "$3" \
       --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
-      "${TRAIN[@]}" "${@:3}"
+      "${TRAIN[@]}" "${@:4}"
 }
-for ARCH in $ARCHS; do
-  ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$EPOCHS")
-  train "$RUN/$ARCH" "$ARCH_EPOCHS" "${FIRST[@]}"
-  if [ "$ARCH" != jakiro_star ] && [ "$CONTINUE_EPOCHS" -gt 0 ]; then
-    train "$RUN/$ARCH-2" "$CONTINUE_EPOCHS" --init-from "$RUN/$ARCH/state_$((ARCH_EPOCHS - 1))" --split-from "$RUN/$ARCH"
-  fi
+STAGE_NUMBER=0
+PREVIOUS_EPOCHS=0
+for STAGE in $STAGES; do
+  STAGE_NUMBER=$((STAGE_NUMBER + 1))
+  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED <<< "$STAGE"
+  STAGE_SEED=${STAGE_SEED:-$SEED}
+  echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED"
+  $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$STAGE_N" \
+      --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
+  for ARCH in $ARCHS; do
+    if [ "$STAGE_NUMBER" = 1 ]; then
+      ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$STAGE_EPOCHS")
+      train "$RUN/$ARCH" "$ARCH_EPOCHS" "$STAGE_SEED" "${FIRST[@]}"
+    elif [ "$ARCH" != jakiro_star ]; then
+      BEFORE=$RUN/$ARCH$([ "$STAGE_NUMBER" -gt 2 ] && echo "-$((STAGE_NUMBER - 1))" || true)
+      train "$RUN/$ARCH-$STAGE_NUMBER" "$STAGE_EPOCHS" "$STAGE_SEED" \
+          --init-from "$BEFORE/state_$((PREVIOUS_EPOCHS - 1))" --split-from "$BEFORE" --eval-first
+    fi
+  done
+  PREVIOUS_EPOCHS=$STAGE_EPOCHS
 done
-echo "done: each head is the last state_<epoch> of $RUN/<arch>-2 ($RUN/<arch> with CONTINUE_EPOCHS=0 and for Jakiro*)"
+echo "done: each head is the last state_<epoch> of $RUN/<arch>-$STAGE_NUMBER ($RUN/<arch> with one stage, and for Jakiro*)"

@@ -9,6 +9,8 @@ comes from ``test_pipeline.py``'s fixtures.
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -331,3 +333,37 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert "10 training conversations" in capsys.readouterr().out and read_split(first) == recorded
     with pytest.raises(FileNotFoundError, match="no split.json"):
         read_split(str(workspace))
+
+
+def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F811
+    """``scripts/train_smollm2.sh`` on the tiny base model and conversations; its completed process."""
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "BASEPATH": str(workspace / "base"),
+        "DATA": str(workspace / "data.jsonl"),
+        "RUN": str(run),
+        "STAGES": stages,
+        "ARCHS": archs,
+        "THREADS": "1",
+        "TIME_BUDGET": "0.01",
+        "DRAFT_VOCAB": "512",
+    }
+    return subprocess.run(["bash", "scripts/train_smollm2.sh"], env=env, capture_output=True, text=True)
+
+
+def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_last(workspace):  # noqa: F811
+    run = workspace / "recipe"
+    done = run_recipe(workspace, run, "6:1 12:1:3")  # each stage's runs resume: train.main's and ge_data's tests
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stage 2: features for conversations 0-11, then 1 epoch(s), seed 3" in done.stdout
+    first, second = read_split(run / "jakiro"), read_split(run / "jakiro-2")
+    assert len(first["train"]) + len(first["test"]) == 6 and len(second["train"]) + len(second["test"]) == 12
+    assert set(first["test"]) <= set(second["test"]) and set(first["train"]) <= set(second["train"])
+    rows = metrics(run / "jakiro-2")
+    assert rows[0]["step"] == 0 and "test/moe_top1" in rows[0]  # the stage's start, logged by --eval-first
+    assert (run / "jakiro-2" / "state_0").is_dir() and (run / "jakiro_star" / "state_0").is_dir()
+    assert not (run / "jakiro_star-2").exists()  # Jakiro* trains in the first stage only
+
+    bad = run_recipe(workspace, run, "6:1 12")
+    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED]" in bad.stderr
