@@ -18,7 +18,7 @@ import shutil
 from safetensors import safe_open
 
 from jakiro.device import processor_name
-from jakiro.train.data import SPLIT_FILE, read_split
+from jakiro.train.data import SPLIT_FILE, extend_ranking, read_split
 from jakiro.train.history import epoch_ends
 
 
@@ -35,14 +35,10 @@ def data_stats(folder: str) -> tuple[int, int, int, int]:
 
 def fill_ranking(path: str, extra: str) -> int:
     """Append the tokens of ``extra``'s ranking that ``path``'s lacks (count 0); return the new length."""
-    import torch
     from safetensors.torch import load_file, save_file
 
-    own, more = load_file(path), load_file(extra)
-    seen = set(own["token_ids"].tolist())
-    added = torch.tensor([t for t in more["token_ids"].tolist() if t not in seen], dtype=torch.long)
-    tokens = torch.cat((own["token_ids"], added))
-    counts = torch.cat((own["counts"], torch.zeros_like(added)))
+    own = load_file(path)
+    tokens, counts = extend_ranking((own["token_ids"], own["counts"]), load_file(extra)["token_ids"])
     save_file({"token_ids": tokens, "counts": counts}, path + ".tmp")
     os.replace(path + ".tmp", path)
     return tokens.numel()

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 import jakiro.train.main as train_module
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
-from jakiro.train.data import read_split, sample_files, split
+from jakiro.train.data import read_split, sample_files, split, token_ranking
 from jakiro.train.history import epoch_ends
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
@@ -367,3 +367,22 @@ def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_l
 
     bad = run_recipe(workspace, run, "6:1 12")
     assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED]" in bad.stderr
+
+
+def test_a_head_continued_on_other_data_keeps_drafting_the_tokens_its_earlier_data_ranked(workspace, features):  # noqa: F811
+    first = workspace / "ranking-first"
+    train(workspace, features, first, "--num-epochs", "1")
+    few = workspace / "features-few"  # three of the conversations: far fewer distinct learned tokens
+    (few / "0").mkdir(parents=True)
+    for source in sorted(features.rglob("*.safetensors"))[:3]:
+        shutil.copy(source, few / "0" / source.name)
+    later = workspace / "ranking-later"
+    train(workspace, few, later, "--num-epochs", "1", "--init-from", str(first / "state_0"))
+    before = load_file(first / "state_0" / "draft_vocab.safetensors")
+    after = load_file(later / "state_0" / "draft_vocab.safetensors")
+    own_ids, own_counts = token_ranking([str(few / name) for name in read_split(later)["train"]])
+    assert 0 < own_ids.numel() < before["token_ids"].numel()
+    assert torch.equal(after["token_ids"][: own_ids.numel()], own_ids)  # this data's ranking first
+    assert torch.equal(after["counts"][: own_ids.numel()], own_counts)
+    assert set(after["token_ids"].tolist()) == set(before["token_ids"].tolist()) | set(own_ids.tolist())
+    assert not after["counts"][own_ids.numel() :].any()  # then the earlier tokens it lacks, count 0

@@ -127,6 +127,14 @@ def token_ranking(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return order, total[order]
 
 
+def extend_ranking(ranking: tuple[torch.Tensor, torch.Tensor], more: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ranking`` (token ids, counts) followed by the ids of ``more`` it lacks, in ``more``'s order and
+    with count 0: a head continued on new data keeps drafting the tokens its earlier data taught it."""
+    ids, counts = ranking
+    added = more[~torch.isin(more, ids)]
+    return torch.cat((ids, added)), torch.cat((counts, torch.zeros_like(added)))
+
+
 def data_size(files: list[str], max_len: int) -> tuple[int, int]:
     """Tokens and learned (assistant) tokens of the samples, each cut at ``max_len`` as training cuts them."""
     from safetensors import safe_open

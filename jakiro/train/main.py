@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import variants
 from ..device import cpu_has_fast_bf16
-from ..model.checkpoint import save_draft_head, save_draft_vocab
+from ..model.checkpoint import read_draft_vocab, save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
 from .data import (
@@ -44,6 +44,7 @@ from .data import (
     FeatureDataset,
     collate,
     data_size,
+    extend_ranking,
     read_split,
     sample_files,
     split,
@@ -351,6 +352,9 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
         start = args.init_from
     model.to(device)
     ranking = token_ranking(train_files)  # saved with every state (the draft sub-vocabulary) and for the loss
+    earlier = read_draft_vocab(args.init_from) if args.init_from else None
+    if earlier is not None:  # tokens only the earlier data had rank after this data's own
+        ranking = extend_ranking(ranking, earlier)
     vocab = draft_vocab(head_weight, ranking[0], args.draft_vocab_size)
     batches_per_epoch = math.ceil(len(train_set) / (args.bs * accelerator.num_processes))
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
