@@ -93,4 +93,5 @@ for STAGE in $STAGES; do
   done
   PREVIOUS_EPOCHS=$STAGE_EPOCHS
 done
-echo "done: each head is the last state_<epoch> of $RUN/<arch>-$STAGE_NUMBER ($RUN/<arch> with one stage, and for Jakiro*)"
+LAST=$([ "$STAGE_NUMBER" -gt 1 ] && echo "-$STAGE_NUMBER" || true)
+echo "done: each head is the last state_<epoch> of $RUN/<arch>$LAST (Jakiro*: of $RUN/jakiro_star)"
