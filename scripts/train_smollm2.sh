@@ -28,7 +28,7 @@ if [ -z "${STAGES:-}" ]; then
     STAGES="$N:${EPOCHS:-2}"
     [ "${CONTINUE_EPOCHS:-2}" -gt 0 ] && STAGES+=" $N:${CONTINUE_EPOCHS:-2}"
   else
-    STAGES="1830:2 1830:2 3600:1"
+    STAGES="1830:2 1830:2 3600:1 3600:1:1"
   fi
 fi
 MAX_LEN=${MAX_LEN:-512}
