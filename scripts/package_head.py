@@ -81,12 +81,12 @@ def main() -> None:
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
     cpdir = args.cpdir or os.path.join(args.run, args.arch)
+    cpdirs = [*args.continued_from, cpdir]
     try:
-        history = epoch_ends([*args.continued_from, cpdir])
+        history = epoch_ends(cpdirs)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
     last = history[-1]
-    cpdirs = [*args.continued_from, cpdir]
     if len(args.seeds) not in (1, len(cpdirs)):
         raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
     held_out = [  # held-out conversations per run: a run that grew its data evaluates on a larger set
