@@ -18,6 +18,7 @@ import shutil
 from safetensors import safe_open
 
 from jakiro.device import processor_name
+from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
 from jakiro.train.data import SPLIT_FILE, extend_ranking, read_split
 from jakiro.train.history import epoch_ends
 
@@ -95,7 +96,7 @@ def main() -> None:
     state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
     os.makedirs(dest, exist_ok=True)
-    for name in ("config.json", "model.safetensors", "draft_vocab.safetensors"):
+    for name in HEAD_FILES:  # the files a head folder holds (a state has no pytorch_model.bin)
         if not os.path.isfile(os.path.join(state, name)):
             continue
         shutil.copy(os.path.join(state, name), os.path.join(dest, name))
@@ -104,7 +105,7 @@ def main() -> None:
         shutil.copy(os.path.join(cpdir, SPLIT_FILE), os.path.join(dest, SPLIT_FILE))
     ranking_note = ""
     if args.fill_ranking:
-        ranked = fill_ranking(os.path.join(dest, "draft_vocab.safetensors"), args.fill_ranking)
+        ranked = fill_ranking(os.path.join(dest, DRAFT_VOCAB_FILE), args.fill_ranking)
         ranking_note = (
             f" The draft-vocabulary ranking (`draft_vocab.safetensors`) is this data's learned tokens by "
             f"frequency, extended by the ranking of the original ShareGPT replies to {ranked:,} tokens."
