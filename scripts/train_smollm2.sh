@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Train the Jakiro, EAGLE-2 and Jakiro* draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
 # Every stage resumes: rerun the same command after an interruption.
-#   STAGES="N:EPOCHS[:SEED] ...": one training run per stage. A stage first records base-model features
-#   for the first N conversations of ShareGPT V3 (seeded shuffle; a later, larger N only adds the new
-#   ones), at most MAX_LEN tokens each, then trains EPOCHS epochs over all of them. Stage k>1 starts from
-#   stage k-1's head (--init-from, a fresh cosine cycle from LR), keeps its held-out conversations held
-#   out (--split-from) and logs its starting point (--eval-first); its folder is RUN/<arch>-k.
+#   STAGES="N:EPOCHS[:SEED[:REPLAY]] ...": one training run per stage. A stage first records base-model
+#   features for the first N conversations of ShareGPT V3 (seeded shuffle; a later, larger N only adds the
+#   new ones), at most MAX_LEN tokens each, then trains EPOCHS epochs over all of them. Stage k>1 starts
+#   from stage k-1's head (--init-from, a fresh cosine cycle from LR), keeps its held-out conversations held
+#   out (--split-from) and logs its starting point (--eval-first); its folder is RUN/<arch>-k. With REPLAY
+#   (a ratio, e.g. 0.5) a stage trains on the conversations added since the stage before plus REPLAY
+#   times as many of that stage's training conversations (--replay), not on all of them.
 #   Jakiro* runs the first stage only, with STAR_EPOCHS epochs (the smaller budget issue #10 allows).
 #   The default STAGES is the recipe of the shipped heads (docs/training_plan.md). The older two-run
 #   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
@@ -46,8 +48,14 @@ TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
 SEED=${SEED:-0}
 for STAGE in $STAGES; do
-  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:[0-9]+)?$ ]] || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED]" >&2; exit 2; }
+  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:[0-9]+(:[0-9]+(\.[0-9]+)?)?)?$ ]] \
+      || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY]]" >&2; exit 2; }
 done
+FIRST_STAGE=${STAGES%% *}
+if [[ "$FIRST_STAGE" =~ ^[^:]+:[^:]+:[^:]+:.+$ ]] && [ -z "$SPLIT_FROM" ]; then
+  echo "STAGES: the first stage '$FIRST_STAGE' replays an earlier run's conversations: give SPLIT_FROM" >&2
+  exit 2
+fi
 LAST_N=${STAGES##* }
 LAST_N=${LAST_N%%:*}
 SUFFIX=$([ "$REGENERATE" = 1 ] && echo "-regen" || true)
@@ -66,7 +74,7 @@ FIRST=()  # how the first stage's head starts (each later stage starts from the 
 PY=${PY:-python}
 FEATURE_DTYPE=$($PY -c "from jakiro.device import cpu_has_fast_bf16 as f; import torch; print('bfloat16' if torch.cuda.is_available() or f() else 'float32')")
 mkdir -p "$RUN"
-echo "run folder: $RUN; stages (conversations:epochs[:seed]): $STAGES; base-model features in $FEATURE_DTYPE"
+echo "run folder: $RUN; stages (conversations:epochs[:seed[:replay]]): $STAGES; base-model features in $FEATURE_DTYPE"
 train() {  # CPDIR EPOCHS SEED [extra flags]
   $PY -m jakiro.train.main --tmpdir "$RUN/data" --cpdir "$1" --arch "$ARCH" --num-epochs "$2" --seed "$3" \
       --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
@@ -76,19 +84,22 @@ STAGE_NUMBER=0
 PREVIOUS_EPOCHS=0
 for STAGE in $STAGES; do
   STAGE_NUMBER=$((STAGE_NUMBER + 1))
-  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED <<< "$STAGE"
+  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED STAGE_REPLAY <<< "$STAGE"
   STAGE_SEED=${STAGE_SEED:-$SEED}
-  echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED"
+  REPLAY=()
+  [ -n "$STAGE_REPLAY" ] && REPLAY=(--replay "$STAGE_REPLAY")
+  echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED" \
+      "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")"
   $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$STAGE_N" \
       --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
   for ARCH in $ARCHS; do
     if [ "$STAGE_NUMBER" = 1 ]; then
       ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$STAGE_EPOCHS")
-      train "$RUN/$ARCH" "$ARCH_EPOCHS" "$STAGE_SEED" "${FIRST[@]}"
+      train "$RUN/$ARCH" "$ARCH_EPOCHS" "$STAGE_SEED" "${FIRST[@]}" "${REPLAY[@]}"
     elif [ "$ARCH" != jakiro_star ]; then
       BEFORE=$RUN/$ARCH$([ "$STAGE_NUMBER" -gt 2 ] && echo "-$((STAGE_NUMBER - 1))" || true)
       train "$RUN/$ARCH-$STAGE_NUMBER" "$STAGE_EPOCHS" "$STAGE_SEED" \
-          --init-from "$BEFORE/state_$((PREVIOUS_EPOCHS - 1))" --split-from "$BEFORE" --eval-first
+          --init-from "$BEFORE/state_$((PREVIOUS_EPOCHS - 1))" --split-from "$BEFORE" --eval-first "${REPLAY[@]}"
     fi
   done
   PREVIOUS_EPOCHS=$STAGE_EPOCHS

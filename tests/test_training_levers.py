@@ -1,6 +1,6 @@
 """Training levers on the tiny models: draft-vocabulary loss, mixed precision choice, warm start from a
 base layer, --init-from, the time-budget projection, held-out curves, a held-out split that survives
-growing data (--split-from), and exact resume with them.
+growing data (--split-from) with an optional replay sample (--replay), and exact resume with them.
 
 The workspace (a tiny random Llama with SmolLM2's tokenizer, a dozen conversations, their features)
 comes from ``test_pipeline.py``'s fixtures.
@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 import jakiro.train.main as train_module
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
-from jakiro.train.data import read_split, sample_files, split, token_ranking
+from jakiro.train.data import data_size, read_split, replay_sample, sample_files, split, token_ranking
 from jakiro.train.history import epoch_ends
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
@@ -132,6 +132,8 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--init-from", "/nonexistent/head"], "not a folder"),
         (["--eval-steps", "-2"], "--eval-steps must be >= 0"),
         (["--split-from", "/nonexistent/run"], "no such file or folder"),
+        (["--replay", "1"], "--replay needs --split-from"),
+        (["--replay", "-0.5", "--split-from", "."], "--replay must be >= 0"),
     ):
         with pytest.raises(SystemExit):
             train_module.parse_args(base + extra)
@@ -322,6 +324,22 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     start = metrics(second)[0]
     assert (start["step"], start["tokens"]) == (0, 0) and "test/moe_top1" in start and len(metrics(second)) == 2
 
+    # --replay: the 6 new training conversations and half as many (3) of the first run's 10, same held-out split
+    replayed = workspace / "split-replay"
+    train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4")
+    sample = read_split(replayed)
+    new_train = set(kept["train"]) - set(recorded["train"])
+    assert sample["test"] == kept["test"] and len(new_train) == 6 and new_train <= set(sample["train"])
+    assert len(set(sample["train"]) & set(recorded["train"])) == 3 and len(sample["train"]) == 9
+    assert metrics(replayed)[-1]["tokens"] == data_size([str(grown / name) for name in sample["train"]], 2048)[0]
+    capsys.readouterr()  # resumed, it keeps its sample
+    train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4", "--resume")
+    assert "9 training conversations" in capsys.readouterr().out and read_split(replayed) == sample
+    files = split(sample_files(str(grown)), 0.2, recorded, str(grown))[0]
+    assert [os.path.relpath(f, grown) for f in replay_sample(files, recorded, 0.5, 4, str(grown))] == sample["train"]
+    assert len(replay_sample(files, recorded, 0.0, 4, str(grown))) == 6  # no replay: the new files only
+    assert len(replay_sample(files, recorded, 9.0, 4, str(grown))) == 16  # capped at every earlier training file
+
     # on the same files the step-0 evaluation is the first run's final one: same head, same held-out split
     same = workspace / "split-same"
     train(workspace, features, same, *common)
@@ -354,19 +372,28 @@ def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F81
 
 def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_last(workspace):  # noqa: F811
     run = workspace / "recipe"
-    done = run_recipe(workspace, run, "6:1 12:1:3")  # each stage's runs resume: train.main's and ge_data's tests
+    done = run_recipe(
+        workspace, run, "4:1 8:1:3 12:1:4:0.5"
+    )  # each stage's runs resume: train.main's and ge_data's tests
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "stage 2: features for conversations 0-11, then 1 epoch(s), seed 3" in done.stdout
-    first, second = read_split(run / "jakiro"), read_split(run / "jakiro-2")
-    assert len(first["train"]) + len(first["test"]) == 6 and len(second["train"]) + len(second["test"]) == 12
-    assert set(first["test"]) <= set(second["test"]) and set(first["train"]) <= set(second["train"])
+    assert "stage 2: features for conversations 0-7, then 1 epoch(s), seed 3 over all" in done.stdout
+    assert "stage 3: features for conversations 0-11, then 1 epoch(s), seed 4 over the new conversations" in done.stdout
+    first, second, third = (read_split(run / name) for name in ("jakiro", "jakiro-2", "jakiro-3"))
+    assert len(first["train"]) + len(first["test"]) == 4 and len(second["train"]) + len(second["test"]) == 8
+    assert set(first["test"]) <= set(second["test"]) <= set(third["test"])
+    assert set(first["train"]) <= set(second["train"])
     rows = metrics(run / "jakiro-2")
     assert rows[0]["step"] == 0 and "test/moe_top1" in rows[0]  # the stage's start, logged by --eval-first
-    assert (run / "jakiro-2" / "state_0").is_dir() and (run / "jakiro_star" / "state_0").is_dir()
+    assert (run / "jakiro-3" / "state_0").is_dir() and (run / "jakiro_star" / "state_0").is_dir()
     assert not (run / "jakiro_star-2").exists()  # Jakiro* trains in the first stage only
+    new = set(third["train"]) - set(second["train"])  # stage 3 replays half as many of stage 2's conversations
+    assert len(new) + len(third["test"]) - len(second["test"]) == 4  # conversations 8-11, trained or held out
+    assert len(set(third["train"]) & set(second["train"])) == round(0.5 * len(new))
 
     bad = run_recipe(workspace, run, "6:1 12")
-    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED]" in bad.stderr
+    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED[:REPLAY]]" in bad.stderr
+    bad = run_recipe(workspace, run, "6:1:0:0.5")
+    assert bad.returncode == 2 and "replays an earlier run's conversations: give SPLIT_FROM" in bad.stderr
 
 
 def test_a_head_continued_on_other_data_keeps_drafting_the_tokens_its_earlier_data_ranked(workspace, features):  # noqa: F811

@@ -41,6 +41,23 @@ def split(
     return [f for f in files if f not in held], [f for f in files if f in held]
 
 
+def replay_sample(
+    train_files: list[str], previous: dict[str, list[str]], ratio: float, seed: int, root: str = ""
+) -> list[str]:
+    """Continual training with replay: the training files ``previous`` does not name, plus ``ratio`` times as
+    many of those it trained on (a sample drawn with ``seed``), in ``train_files``' order.
+
+    A head continued on grown data then spends its steps mostly on conversations it has not seen, while the
+    replayed ones keep it from forgetting the earlier data (names relative to ``root``, as in :func:`split`).
+    """
+    earlier = set(previous["train"])
+    old = [f for f in train_files if os.path.relpath(f, root) in earlier]
+    count = min(len(old), round(ratio * (len(train_files) - len(old))))
+    generator = torch.Generator().manual_seed(seed)
+    dropped = set(old) - {old[i] for i in torch.randperm(len(old), generator=generator)[:count].tolist()}
+    return [f for f in train_files if f not in dropped]
+
+
 SPLIT_FILE = "split.json"
 
 

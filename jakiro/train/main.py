@@ -17,7 +17,7 @@ tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf1
 ``--warm-start-layer [N]`` (start from base decoder layer N), ``--init-from DIR`` (continue from an
 existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
 ``--eval-first`` adds step 0), ``--split-from CKPT`` (keep an earlier run's held-out files held out when the data
-grows) and ``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training).
+grows; ``--replay R`` trains on the new files plus R times as many earlier ones) and ``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .data import (
     data_size,
     extend_ranking,
     read_split,
+    replay_sample,
     sample_files,
     split,
     token_ranking,
@@ -134,6 +135,14 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         "files added since are split, so a continued head is never evaluated on conversations it trained on",
     )
     p.add_argument(
+        "--replay",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="with --split-from: train on the conversations added since that run plus RATIO times as many of "
+        "its training conversations (a seeded sample), instead of on all of them; held-out files are unchanged",
+    )
+    p.add_argument(
         "--time-budget",
         type=float,
         default=0,
@@ -157,6 +166,10 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error(f"--init-from {args.init_from}: not a folder (expected config.json + model.safetensors)")
     if args.split_from and not os.path.exists(args.split_from):
         p.error(f"--split-from {args.split_from}: no such file or folder (a split.json or a run's --cpdir)")
+    if args.replay is not None and not args.split_from:
+        p.error("--replay needs --split-from (the earlier run whose training conversations are replayed)")
+    if args.replay is not None and args.replay < 0:
+        p.error(f"--replay must be >= 0 (0: the new conversations only), got {args.replay}")
     for name in ("eval_steps", "time_budget", "threads"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -514,7 +527,8 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
     """Training and held-out files, and a note for the log.
 
     A resumed run keeps the split it recorded (files added since are left out); ``--split-from`` keeps an
-    earlier run's sides and splits only new files; otherwise every ``1/--test-fraction``-th file is held out.
+    earlier run's sides and splits only new files (``--replay``: training on the new ones plus a seeded sample of
+    the earlier training files); otherwise every ``1/--test-fraction``-th file is held out.
     """
     files = sample_files(args.tmpdir)
     recorded = os.path.join(args.cpdir, SPLIT_FILE)
@@ -531,7 +545,11 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
         previous = read_split(args.split_from)
         train_files, test_files = split(files, args.test_fraction, previous, args.tmpdir)
         kept = len(set(previous["test"]) & {os.path.relpath(f, args.tmpdir) for f in test_files})
-        return train_files, test_files, f" ({kept} kept from {args.split_from}, the rest new)"
+        note = f" ({kept} kept from {args.split_from}, the rest new)"
+        if args.replay is not None:
+            train_files = replay_sample(train_files, previous, args.replay, args.seed, args.tmpdir)
+            note += f"; training on the new conversations plus {args.replay:g}x as many earlier ones"
+        return train_files, test_files, note
     return *split(files, args.test_fraction), ""
 
 
