@@ -90,9 +90,10 @@ def main() -> None:
     last = history[-1]
     if len(args.seeds) not in (1, len(cpdirs)):
         raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
-    held_out = [  # held-out conversations per run: a run that grew its data evaluates on a larger set
-        str(len(read_split(d)["test"])) if os.path.isfile(os.path.join(d, SPLIT_FILE)) else "?" for d in cpdirs
-    ]
+    splits = [read_split(d) if os.path.isfile(os.path.join(d, SPLIT_FILE)) else None for d in cpdirs]
+    # conversations per run: a run that grew its data evaluates on a larger set; one with --replay trains on a part
+    trained = [str(len(s["train"])) if s else "?" for s in splits]
+    held_out = [str(len(s["test"])) if s else "?" for s in splits]
     state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
     os.makedirs(dest, exist_ok=True)
@@ -139,7 +140,8 @@ def main() -> None:
     rows = "\n".join(
         f"| {r['total_epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "
         f"{branch(r, 'test/moe_top1')} | {branch(r, 'test/contrastive_top1')} | {chain(r)} | "
-        f"{r['test/chain_tokens_per_step']:.2f} | {held_out[r['run']]} | {r.get('epoch_seconds', 0) / 60:.0f} |"
+        f"{r['test/chain_tokens_per_step']:.2f} | {trained[r['run']]} | {held_out[r['run']]} | "
+        f"{r.get('epoch_seconds', 0) / 60:.0f} |"
         for r in history
     )
     tau_text = "not measured yet"
@@ -208,8 +210,8 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
 
-| epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | held-out conversations | minutes |
-|---|---|---|---|---|---|---|---|---|---|
+| epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | training conversations | held-out conversations | minutes |
+|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 Measured speculative decoding: {tau_text}
