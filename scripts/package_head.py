@@ -20,7 +20,7 @@ from safetensors import safe_open
 from jakiro.device import processor_name
 from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
 from jakiro.train.data import SPLIT_FILE, extend_ranking, read_split
-from jakiro.train.history import epoch_ends
+from jakiro.train.history import epoch_ends, recorded_args
 
 
 def data_stats(folder: str) -> tuple[int, int, int, int]:
@@ -69,9 +69,13 @@ def main() -> None:
         help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)",
     )
     parser.add_argument("--tau-file", default=None, help="results of benchmarks/mtbench_tau.py (several sets: --sets)")
-    parser.add_argument("--lr", default="3e-4")
+    parser.add_argument("--lr", default=None, help="the peak lr (default: the last run's args.json, else 3e-4)")
     parser.add_argument(
-        "--seeds", nargs="+", type=int, default=[0], help="each run's --seed, oldest first (one: the same for all)"
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="each run's --seed, oldest first (one: the same for all; default: each run's args.json, else 0)",
     )
     parser.add_argument("--features-dtype", default="bfloat16")
     parser.add_argument("--precision", default="bf16 autocast", help="how the head was trained (fp32, bf16 autocast)")
@@ -88,6 +92,11 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
     last = history[-1]
+    recorded = [recorded_args(d) for d in cpdirs]  # the flags each run wrote (runs before args.json: None)
+    if args.seeds is None:
+        args.seeds = [r["seed"] for r in recorded] if all(recorded) else [0]
+    if args.lr is None:
+        args.lr = f"{recorded[-1]['lr']:g}" if recorded[-1] else "3e-4"
     if len(args.seeds) not in (1, len(cpdirs)):
         raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
     splits = [read_split(d) if os.path.isfile(os.path.join(d, SPLIT_FILE)) else None for d in cpdirs]

@@ -23,7 +23,7 @@ import jakiro.train.main as train_module
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.train.data import data_size, read_split, replay_sample, sample_files, split, token_ranking
-from jakiro.train.history import epoch_ends
+from jakiro.train.history import epoch_ends, recorded_args
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
 
@@ -332,6 +332,10 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert sample["test"] == kept["test"] and len(new_train) == 6 and new_train <= set(sample["train"])
     assert len(set(sample["train"]) & set(recorded["train"])) == 3 and len(sample["train"]) == 9
     assert metrics(replayed)[-1]["tokens"] == data_size([str(grown / name) for name in sample["train"]], 2048)[0]
+    flags = recorded_args(replayed)  # each run records its flags for its model card
+    assert (flags["replay"], flags["seed"], flags["split_from"]) == (0.5, 4, str(first)) and recorded_args(
+        grown
+    ) is None
     capsys.readouterr()  # resumed, it keeps its sample
     train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4", "--resume")
     assert "9 training conversations" in capsys.readouterr().out and read_split(replayed) == sample

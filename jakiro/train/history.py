@@ -1,10 +1,12 @@
-"""A training run's ``metrics.jsonl``, or a chain of runs that continued one another (``--init-from``)."""
+"""A training run's record: its ``metrics.jsonl`` (alone, or chained with the runs it continued with
+``--init-from``) and its flags (``args.json``)."""
 
 from __future__ import annotations
 
 import json
 import os
 
+ARGS_FILE = "args.json"
 COUNTERS = ("step", "tokens", "learned_tokens", "train_seconds")  # carried on from one run to the next
 
 
@@ -46,3 +48,20 @@ def epoch_ends(cpdirs: list[str]) -> list[dict]:
             raise ValueError(f"{os.path.join(cpdir, 'metrics.jsonl')}: no finished epoch")
     ends = [r for r in rows if "train/loss" in r]
     return [dict(r, total_epoch=number) for number, r in enumerate(ends)]
+
+
+def write_args(cpdir: str, flags: dict) -> None:
+    """Record a run's flags in ``cpdir/args.json`` (atomically), so its model card and a rerun need not guess."""
+    path = os.path.join(cpdir, ARGS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(flags, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def recorded_args(cpdir: str) -> dict | None:
+    """The flags a run recorded (:func:`write_args`), or None for a run from before they were recorded."""
+    path = os.path.join(cpdir, ARGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

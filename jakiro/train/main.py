@@ -10,7 +10,8 @@ the Jakiro* head (two GELU experts, one weighted-sum output) with the EAGLE loss
 ``python -m jakiro_star.train.main``). Every epoch writes
 ``CKPT/state_<epoch>/`` (``config.json`` + ``model.safetensors``, loadable by
 ``EaModel.from_pretrained``) and a resumable checkpoint; ``--resume`` continues from the latest.
-Metrics go to stdout, ``CKPT/metrics.jsonl`` and the progress bar.
+Metrics go to stdout, ``CKPT/metrics.jsonl`` and the progress bar; the flags to ``CKPT/args.json`` and the
+training and held-out files to ``CKPT/split.json``.
 
 Levers for short CPU runs: ``--draft-vocab-size K`` (the loss over the K most frequent learned
 tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf16 matrix units),
@@ -52,6 +53,7 @@ from .data import (
     token_ranking,
     write_split,
 )
+from .history import write_args
 from .warm_start import feature_scale, init_from, load_base_layer, warm_start
 
 CHECKPOINT = "checkpoint"
@@ -396,6 +398,7 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     os.makedirs(args.cpdir, exist_ok=True)
     if accelerator.is_main_process:
         write_split(args.cpdir, train_files, test_files, args.tmpdir)
+        write_args(args.cpdir, vars(args))
 
     start_epoch, skip_batches = 0, 0
     seen = {"step": 0, "tokens": 0, "learned_tokens": 0, "train_seconds": 0.0}  # carried across resumes
