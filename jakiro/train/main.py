@@ -18,7 +18,8 @@ tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf1
 ``--warm-start-layer [N]`` (start from base decoder layer N), ``--init-from DIR`` (continue from an
 existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
 ``--eval-first`` adds step 0), ``--split-from CKPT`` (keep an earlier run's held-out files held out when the data
-grows; ``--replay R`` trains on the new files plus R times as many earlier ones) and ``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training).
+grows; ``--replay R`` trains on the new files plus R times as many earlier ones) and ``--time-budget``
+(prints the steps and tokens that fit, measured on a few steps, before training).
 """
 
 from __future__ import annotations
