@@ -333,9 +333,8 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert len(set(sample["train"]) & set(recorded["train"])) == 3 and len(sample["train"]) == 9
     assert metrics(replayed)[-1]["tokens"] == data_size([str(grown / name) for name in sample["train"]], 2048)[0]
     flags = recorded_args(replayed)  # each run records its flags for its model card
-    assert (flags["replay"], flags["seed"], flags["split_from"]) == (0.5, 4, str(first)) and recorded_args(
-        grown
-    ) is None
+    assert (flags["replay"], flags["seed"], flags["split_from"]) == (0.5, 4, str(first))
+    assert recorded_args(grown) is None  # a folder no run wrote into
     capsys.readouterr()  # resumed, it keeps its sample
     train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4", "--resume")
     assert "9 training conversations" in capsys.readouterr().out and read_split(replayed) == sample
@@ -376,9 +375,8 @@ def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F81
 
 def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_last(workspace):  # noqa: F811
     run = workspace / "recipe"
-    done = run_recipe(
-        workspace, run, "4:1 8:1:3 12:1:4:0.5"
-    )  # each stage's runs resume: train.main's and ge_data's tests
+    # (that each stage's runs resume is train.main's and ge_data's tests)
+    done = run_recipe(workspace, run, "4:1 8:1:3 12:1:4:0.5")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stage 2: features for conversations 0-7, then 1 epoch(s), seed 3 over all" in done.stdout
     assert "stage 3: features for conversations 0-11, then 1 epoch(s), seed 4 over the new conversations" in done.stdout
