@@ -51,9 +51,9 @@ for STAGE in $STAGES; do
   [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:[0-9]+(:[0-9]+(\.[0-9]+)?)?)?$ ]] \
       || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY]]" >&2; exit 2; }
 done
-FIRST_STAGE=${STAGES%% *}
-if [[ "$FIRST_STAGE" =~ ^[^:]+:[^:]+:[^:]+:.+$ ]] && [ -z "$SPLIT_FROM" ]; then
-  echo "STAGES: the first stage '$FIRST_STAGE' replays an earlier run's conversations: give SPLIT_FROM" >&2
+IFS=: read -r _ _ _ FIRST_REPLAY <<< "${STAGES%% *}"  # checked now, before any features are recorded
+if [ -n "$FIRST_REPLAY" ] && [ -z "$SPLIT_FROM" ]; then
+  echo "STAGES: the first stage '${STAGES%% *}' replays an earlier run's conversations: give SPLIT_FROM" >&2
   exit 2
 fi
 LAST_N=${STAGES##* }
