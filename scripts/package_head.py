@@ -4,7 +4,10 @@
 
 Reads RUN/<arch>/metrics.jsonl (or --cpdir) and its last state_<epoch>/, counts the training data in
 RUN/data, and writes jakiro/heads/smollm2-135m-instruct-<arch>/{config.json,model.safetensors,README.md} (with the
-run's split.json, the conversations it trained on and held out, for a later ``--split-from``).
+run's split.json, the conversations it trained on and held out, for a later ``--split-from``), and
+``training_log/``: every chained run's metrics, flags and split sizes, so the head carries its history. A run
+that continued a shipped head names that head folder in ``--continued-from``: its training log stands for the
+runs before.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from safetensors import safe_open
 
 from jakiro.device import processor_name
 from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
-from jakiro.train.data import SPLIT_FILE, extend_ranking, read_split
-from jakiro.train.history import epoch_ends, recorded_args
+from jakiro.train.data import SPLIT_FILE, extend_ranking
+from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 
 
 def data_stats(folder: str) -> tuple[int, int, int, int]:
@@ -55,7 +58,11 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="CPDIR",
-        help="earlier runs this one continued (--init-from), oldest first: the card counts their epochs too",
+        help="earlier runs this one continued (--init-from), oldest first: the card counts their epochs too; "
+        "a head folder with a training_log/ stands for the runs in it",
+    )
+    parser.add_argument(
+        "--dest", default=None, help="head folder to write (default: jakiro/heads/smollm2-135m-instruct-<arch>)"
     )
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument(
@@ -86,7 +93,7 @@ def main() -> None:
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
     args = parser.parse_args()
     cpdir = args.cpdir or os.path.join(args.run, args.arch)
-    cpdirs = [*args.continued_from, cpdir]
+    cpdirs = [run for path in args.continued_from for run in log_runs(path)] + [cpdir]
     try:
         history = epoch_ends(cpdirs)
     except (FileNotFoundError, ValueError) as error:
@@ -99,12 +106,12 @@ def main() -> None:
         args.lr = f"{recorded[-1]['lr']:g}" if recorded[-1] else "3e-4"
     if len(args.seeds) not in (1, len(cpdirs)):
         raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
-    splits = [read_split(d) if os.path.isfile(os.path.join(d, SPLIT_FILE)) else None for d in cpdirs]
+    sizes = [split_sizes(d) for d in cpdirs]
     # conversations per run: a run that grew its data evaluates on a larger set; one with --replay trains on a part
-    trained = [str(len(s["train"])) if s else "?" for s in splits]
-    held_out = [str(len(s["test"])) if s else "?" for s in splits]
+    trained = [str(s["train"]) if s else "?" for s in sizes]
+    held_out = [str(s["test"]) if s else "?" for s in sizes]
     state = os.path.join(cpdir, f"state_{last['epoch']}")
-    dest = os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
+    dest = args.dest or os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
     os.makedirs(dest, exist_ok=True)
     for name in HEAD_FILES:  # the files a head folder holds (a state has no pytorch_model.bin)
         if not os.path.isfile(os.path.join(state, name)):
@@ -200,6 +207,29 @@ def main() -> None:
         else "seeds " + " / ".join(map(str, args.seeds)) + " (one per run)"
     )
     branch_name = "MLP" if args.arch == "eagle2" else "MoE"  # the next-token branch
+    precision_names = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+    def run_row(run: int) -> str:
+        ends = [r for r in history if r["run"] == run]
+        steps = ends[-1]["step"] - (max(r["step"] for r in history if r["run"] < run) if run else 0)
+        flags = recorded[run] or {}
+        last_run = run == len(cpdirs) - 1
+        machine = flags.get("machine") or (processor_name() if last_run else "?")
+        precision = precision_names.get(flags.get("precision"), flags.get("precision")) or (
+            args.precision if last_run else "?"
+        )
+        seed = args.seeds[run] if len(args.seeds) > 1 else args.seeds[0]
+        lr = f"{flags['lr']:g}" if "lr" in flags else (args.lr if last_run else "?")
+        hours = sum(r.get("epoch_seconds", 0) for r in ends) / 3600
+        return (
+            f"| {run + 1} | {len(ends)} | {steps} | {seed} | {lr} | {trained[run]} | {held_out[run]} | "
+            f"{machine} | {precision} | {hours:.2f} |"
+        )
+
+    runs_table = (
+        "| run | epochs | optimizer steps | seed | peak lr | training conversations | held-out | CPU | precision | hours |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(run_row(k) for k in range(runs))
+    )
     feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
@@ -211,13 +241,16 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
   template of the tokenizer, {replies}, cut at {args.max_len} tokens ({scanned - conversations} had no
   reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
   (assistant) tokens**; 5 % held out.
-* Features recorded with the base model in {args.features_dtype}; training in {args.precision}, {epochs_text},
+* Features {"of the last run " if runs > 1 else ""}recorded with the base model in {args.features_dtype}; training {"(precision per run below)" if runs > 1 else "in " + args.precision}, {epochs_text},
   batch 4, lr {args.lr} (cosine, warm-up 10 %{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
   token loss {draft_vocab_text}.
-* Hardware: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
-  {hours:.2f} h for this head{feature_text}.
+* Hardware{" of the last run" if runs > 1 else ""}: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
+  {hours:.2f} h for this head{" in all" if runs > 1 else ""}{feature_text}.
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
+* Training log: `training_log/<run>/` (each run's `metrics.jsonl`, flags and split sizes).
+
+{runs_table}
 
 | epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | training conversations | held-out conversations | minutes |
 |---|---|---|---|---|---|---|---|---|---|---|
@@ -227,6 +260,7 @@ Measured speculative decoding: {tau_text}
 """
     with open(os.path.join(dest, "README.md"), "w") as f:
         f.write(card)
+    print("wrote", ship_log(cpdirs, dest))
     if args.arch != "jakiro_star":  # the acceptance table total_token=-1 reads (no measuring at first load)
         import torch
 

@@ -20,10 +20,11 @@ from test_pipeline import features, metrics, tokenizer, train, workspace  # noqa
 from transformers import AutoModelForCausalLM
 
 import jakiro.train.main as train_module
+from jakiro.device import processor_name
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.train.data import data_size, read_split, replay_sample, sample_files, split, token_ranking
-from jakiro.train.history import epoch_ends, recorded_args
+from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
 
@@ -273,6 +274,40 @@ def test_model_card_history_chains_runs_continued_with_init_from(tmp_path):
         epoch_ends([str(tmp_path / "empty")])
 
 
+def test_a_shipped_head_carries_its_runs_log_and_a_later_card_continues_it(tmp_path):
+    """ship_log copies each run's metrics, flags and split sizes into HEAD/training_log/<k>; log_runs(HEAD)
+    stands for those runs, so a run continued from the shipped head chains onto them, even when it is
+    shipped into the same folder it read them from."""
+    runs = []
+    for run in range(3):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        row = {"epoch": 0, "step": 10, "train/loss": 2.0 - run, "epoch_seconds": 60.0}
+        (folder / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        if run != 1:  # run 1 predates args.json and split.json
+            (folder / "args.json").write_text(json.dumps({"seed": run, "lr": 1e-3}))
+            (folder / "split.json").write_text(json.dumps({"train": ["a", "b", "c"][: run + 1], "test": ["d"]}))
+        runs.append(str(folder))
+    head = tmp_path / "head"
+    head.mkdir()
+    assert log_runs(str(head)) == [str(head)]  # no log: the folder is a run itself
+    ship_log(runs[:2], str(head))
+    shipped = log_runs(str(head))
+    assert shipped == [str(head / "training_log" / k) for k in ("0", "1")]
+    assert split_sizes(shipped[0]) == {"train": 1, "test": 1} and split_sizes(shipped[1]) is None
+    assert recorded_args(shipped[0]) == {"seed": 0, "lr": 1e-3} and recorded_args(shipped[1]) is None
+    ship_log([*shipped, runs[2]], str(head))  # the next run, shipped over the log it continued
+    chained = epoch_ends(log_runs(str(head)))
+    assert [(r["run"], r["step"], r["train/loss"]) for r in chained] == [(0, 10, 2.0), (1, 20, 1.0), (2, 30, 0.0)]
+    assert split_sizes(log_runs(str(head))[2]) == {"train": 3, "test": 1}
+    assert sorted(os.listdir(head)) == ["training_log"]  # no temporary folder left behind
+    shutil.rmtree(head / "training_log" / "0")
+    shutil.rmtree(head / "training_log" / "1")
+    shutil.rmtree(head / "training_log" / "2")
+    with pytest.raises(ValueError, match="no run folders"):
+        log_runs(str(head))
+
+
 def test_learning_curve_counts_steps_and_tokens_on_across_continued_runs(tmp_path):
     """benchmarks/learning_curve.history(first, later): the later run's rows continue the first's axes."""
     learning_curve = load_script("benchmarks/learning_curve.py")
@@ -334,6 +369,7 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert metrics(replayed)[-1]["tokens"] == data_size([str(grown / name) for name in sample["train"]], 2048)[0]
     flags = recorded_args(replayed)  # each run records its flags for its model card
     assert (flags["replay"], flags["seed"], flags["split_from"]) == (0.5, 4, str(first))
+    assert flags["machine"] == processor_name() and flags["precision"] in ("no", "bf16")  # what `auto` became
     assert recorded_args(grown) is None  # a folder no run wrote into
     capsys.readouterr()  # resumed, it keeps its sample
     train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4", "--resume")

@@ -1,10 +1,11 @@
 """A training run's record: its ``metrics.jsonl`` (alone, or chained with the runs it continued with
-``--init-from``) and its flags (``args.json``)."""
+``--init-from``), its flags (``args.json``), and the copy of them a shipped head carries (``training_log/``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 ARGS_FILE = "args.json"
 COUNTERS = ("step", "tokens", "learned_tokens", "train_seconds")  # carried on from one run to the next
@@ -65,3 +66,59 @@ def recorded_args(cpdir: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+LOG_FOLDER = "training_log"  # in a shipped head folder: one sub-folder per run, oldest first (0, 1, ...)
+SIZES_FILE = "split_sizes.json"  # a shipped run's split as counts (its split.json lists every file name)
+LOG_FILES = ("metrics.jsonl", ARGS_FILE, SIZES_FILE)
+
+
+def log_runs(path: str) -> list[str]:
+    """The run folders ``path`` stands for: a head folder's shipped training log (``training_log/<k>``, oldest
+    first), else ``path`` itself (a run's ``--cpdir``)."""
+    log = os.path.join(path, LOG_FOLDER)
+    if not os.path.isdir(log):
+        return [path]
+    runs = sorted((name for name in os.listdir(log) if name.isdigit()), key=int)
+    if not runs:
+        raise ValueError(f"{log}: no run folders (0, 1, ...)")
+    return [os.path.join(log, name) for name in runs]
+
+
+def split_sizes(cpdir: str) -> dict[str, int] | None:
+    """How many conversations a run trained on and held out (``{"train": n, "test": m}``), from its
+    ``split.json`` or a shipped log's ``split_sizes.json``; None if it recorded neither."""
+    from .data import SPLIT_FILE, read_split
+
+    if os.path.isfile(os.path.join(cpdir, SPLIT_FILE)):
+        return {side: len(files) for side, files in read_split(cpdir).items()}
+    path = os.path.join(cpdir, SIZES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def ship_log(cpdirs: list[str], head_folder: str) -> str:
+    """Copy the chain of runs that made a head (their ``metrics.jsonl``, ``args.json`` and split sizes) into
+    ``head_folder/training_log/<k>/``, replacing an older log only once the new one is complete, so the head
+    carries its history and a later run's card can continue it (``log_runs``). Returns the log folder."""
+    log = os.path.join(head_folder, LOG_FOLDER)
+    tmp = f"{log}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for run, cpdir in enumerate(cpdirs):
+        folder = os.path.join(tmp, str(run))
+        os.makedirs(folder)
+        shutil.copy(os.path.join(cpdir, "metrics.jsonl"), folder)
+        if os.path.isfile(os.path.join(cpdir, ARGS_FILE)):
+            shutil.copy(os.path.join(cpdir, ARGS_FILE), folder)
+        sizes = split_sizes(cpdir)
+        if sizes is not None:
+            with open(os.path.join(folder, SIZES_FILE), "w") as f:
+                json.dump(sizes, f)
+    old = f"{log}.{os.getpid()}.old"
+    if os.path.isdir(log):
+        os.replace(log, old)
+    os.replace(tmp, log)
+    shutil.rmtree(old, ignore_errors=True)
+    return log

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import variants
-from ..device import cpu_has_fast_bf16
+from ..device import cpu_has_fast_bf16, processor_name
 from ..model.checkpoint import read_draft_vocab, save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
@@ -399,7 +399,11 @@ def main(argv=None, default_arch: str = "jakiro") -> None:
     os.makedirs(args.cpdir, exist_ok=True)
     if accelerator.is_main_process:
         write_split(args.cpdir, train_files, test_files, args.tmpdir)
-        write_args(args.cpdir, vars(args))
+        # with the machine and the precision `auto` resolved to, so a model card can say what trained each run
+        write_args(
+            args.cpdir,
+            {**vars(args), "machine": processor_name(device), "precision": precision or accelerator.mixed_precision},
+        )
 
     start_epoch, skip_batches = 0, 0
     seen = {"step": 0, "tokens": 0, "learned_tokens": 0, "train_seconds": 0.0}  # carried across resumes
