@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from jakiro.train.history import chained_rows
+from jakiro.train.history import chained_rows, run_rows
 
 COMMON = [
     "--arch",
@@ -100,6 +100,17 @@ def plot(names: list[str], out_dir: str, target: str) -> None:
     fig.savefig(target, dpi=110)
 
 
+def counts_tokens(chain: tuple[str, ...]) -> bool:
+    """Whether every run of the chain logged the tokens and seconds it had trained (a log transcribed from a
+    model card did not: its steps are right, its token and time axes are not)."""
+    return all(
+        "learned_tokens" in r and "train_seconds" in r
+        for folder in chain
+        for r in run_rows(folder)
+        if "test/moe_top1" in r
+    )
+
+
 def table(runs: dict[str, str | tuple[str, ...]], label: str = "run", chain: str = "chain tokens/step") -> str:
     """The last held-out evaluation of each run (name -> ``--cpdir`` folder, or the folders of runs that
     continued one another) as a markdown table; a head without a contrastive branch (EAGLE-2) gets "-"."""
@@ -115,9 +126,13 @@ def table(runs: dict[str, str | tuple[str, ...]], label: str = "run", chain: str
             continue
         r = rows[-1]
         contrastive = f"{r['test/contrastive_top1']:.3f}" if "test/contrastive_top1" in r else "-"
+        counted = (
+            f"{r['learned_tokens']:,} | {r['train_seconds'] / 60:.1f} | {r['train_seconds'] / r['step']:.2f}"
+            if counts_tokens(folders)
+            else "- | - | -"
+        )
         lines.append(
-            f"| {name} | {r['step']} | {r['learned_tokens']:,} | {r['train_seconds'] / 60:.1f} | "
-            f"{r['train_seconds'] / r['step']:.2f} | {r['test/moe_top1']:.3f} | {contrastive} | "
+            f"| {name} | {r['step']} | {counted} | {r['test/moe_top1']:.3f} | {contrastive} | "
             f"{r['test/chain_tokens_per_step']:.2f} |"
         )
     return "\n".join(lines)
