@@ -19,6 +19,8 @@
 #   SPLIT_FROM=PATH keeps an earlier run's held-out conversations held out (its split.json or --cpdir;
 #   a shipped head folder carries its split.json): use it with INIT_FROM when N grows.
 #   TIME_BUDGET=HOURS prints, before each head trains, the steps and tokens that fit (measured).
+#   EVAL_STEPS=N evaluates the held-out split every N steps besides each epoch's end (default 500; one
+#   evaluation costs about as much as 200 training steps).
 #   THREADS=N torch threads (0: torch's default). Features and training use bf16 only where the CPU
 #   has native bf16 units (avx512_bf16 / AMX); elsewhere bf16 is slower than fp32.
 #   BASEPATH=DIR and DATA=FILE replace the embedded SmolLM2 and ShareGPT package (another base model
@@ -30,7 +32,7 @@ if [ -z "${STAGES:-}" ]; then
     STAGES="$N:${EPOCHS:-2}"
     [ "${CONTINUE_EPOCHS:-2}" -gt 0 ] && STAGES+=" $N:${CONTINUE_EPOCHS:-2}"
   else
-    STAGES="1830:2 1830:2 3600:1 3600:1:1"
+    STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3"
   fi
 fi
 MAX_LEN=${MAX_LEN:-512}
@@ -47,6 +49,7 @@ SPLIT_FROM=${SPLIT_FROM:-}
 TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
 SEED=${SEED:-0}
+EVAL_STEPS=${EVAL_STEPS:-500}
 for STAGE in $STAGES; do
   [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:[0-9]+(:[0-9]+(\.[0-9]+)?)?)?$ ]] \
       || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY]]" >&2; exit 2; }
@@ -66,7 +69,7 @@ FEATURES=("${SOURCE[@]}")
 [ -n "${DATA:-}" ] && FEATURES+=(--data "$DATA")
 EXTRA=()
 [ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
-TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --eval-steps 150 "${SOURCE[@]}")
+TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --eval-steps "$EVAL_STEPS" "${SOURCE[@]}")
 FIRST=()  # how the first stage's head starts (each later stage starts from the one before)
 [ "$WARM_START" = 1 ] && FIRST+=(--warm-start-layer)
 [ -n "$INIT_FROM" ] && FIRST+=(--init-from "$INIT_FROM" --eval-first)
