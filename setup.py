@@ -27,7 +27,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["jakiro", "jakiro.*", "jakiro_star", "jakiro_star.*"]),
-    package_data={"jakiro": ["heads/*/*", "train/*.json"], "jakiro_star": ["train/*.json"]},
+    package_data={"jakiro": ["heads/*/*", "heads/*/training_log/*/*", "train/*.json"], "jakiro_star": ["train/*.json"]},
     install_requires=INSTALL,
     # Draft-head variants jakiro finds without importing them (jakiro.variants).
     entry_points={"jakiro.variants": ["jakiro_star = jakiro_star.variant"]},
