@@ -70,7 +70,6 @@ def recorded_args(cpdir: str) -> dict | None:
 
 LOG_FOLDER = "training_log"  # in a shipped head folder: one sub-folder per run, oldest first (0, 1, ...)
 SIZES_FILE = "split_sizes.json"  # a shipped run's split as counts (its split.json lists every file name)
-LOG_FILES = ("metrics.jsonl", ARGS_FILE, SIZES_FILE)
 
 
 def log_runs(path: str) -> list[str]:
