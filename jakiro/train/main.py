@@ -323,14 +323,24 @@ def expected_tokens_per_step(rates: list[float]) -> float:
 
 
 def main(argv=None, default_arch: str = "jakiro") -> None:
+    """Train a draft head (the command line); ``--threads`` holds only for this call."""
+    args = parse_args(argv, default_arch)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        run(args)
+    finally:
+        torch.set_num_threads(threads)  # called in-process (tests, notebooks), leave the caller's setting
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train a draft head with parsed ``args``: data split, epochs, held-out evaluation, checkpoints."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    args = parse_args(argv, default_arch)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     precision = resolve_mixed_precision(args.mixed_precision)
     # cpu=True lets torchrun-launched CPU processes form a gloo group (accelerate ignores it with CUDA).
     accelerator = Accelerator(
