@@ -435,6 +435,7 @@ def run(args: argparse.Namespace) -> None:
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(os.path.join(tmp, "state"))
+        accelerator.wait_for_everyone()  # every rank writes its own random state into tmp before it is renamed
         if accelerator.is_main_process:
             with open(os.path.join(tmp, "progress.json"), "w") as f:
                 json.dump({"epoch": epoch, "batch": batch, **seen}, f)
