@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Train the Jakiro, EAGLE-2 and Jakiro* draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
 # Every stage resumes: rerun the same command after an interruption.
-#   STAGES="N:EPOCHS[:SEED[:REPLAY]] ...": one training run per stage. A stage first records base-model
+#   STAGES="N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]] ...": one training run per stage. A stage first records base-model
 #   features for the first N conversations of ShareGPT V3 (seeded shuffle; a later, larger N only adds the
 #   new ones), at most MAX_LEN tokens each, then trains EPOCHS epochs over all of them. Stage k>1 starts
 #   from stage k-1's head (--init-from, a fresh cosine cycle from LR), keeps its held-out conversations held
 #   out (--split-from) and logs its starting point (--eval-first); its folder is RUN/<arch>-k. With REPLAY
 #   (a ratio, e.g. 0.5) a stage trains on the conversations added since the stage before plus REPLAY
-#   times as many of that stage's training conversations (--replay), not on all of them.
+#   times as many of that stage's training conversations (--replay), not on all of them. LR (the stage's
+#   peak learning rate, default $LR) and TEST (the held-out fraction of its new conversations, default
+#   train.main's 0.05) override the defaults for one stage; an empty field keeps its default
+#   ("11500:2:4::5e-4:0.02": seed 4, no replay, lr 5e-4, 2 % of the new conversations held out).
 #   Jakiro* runs the first stage only, with STAR_EPOCHS epochs (the smaller budget issue #10 allows).
 #   The default STAGES is the recipe of the shipped heads (docs/training_plan.md). The older two-run
 #   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
@@ -50,11 +53,12 @@ TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
 SEED=${SEED:-0}
 EVAL_STEPS=${EVAL_STEPS:-500}
+NUMBER='[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?'
 for STAGE in $STAGES; do
-  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:[0-9]+(:[0-9]+(\.[0-9]+)?)?)?$ ]] \
-      || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY]]" >&2; exit 2; }
+  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:([0-9]+)?(:($NUMBER)?(:($NUMBER)?(:($NUMBER)?)?)?)?)?$ ]] \
+      || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]]" >&2; exit 2; }
 done
-IFS=: read -r _ _ _ FIRST_REPLAY <<< "${STAGES%% *}"  # checked now, before any features are recorded
+IFS=: read -r _ _ _ FIRST_REPLAY _ <<< "${STAGES%% *}"  # checked now, before any features are recorded
 if [ -n "$FIRST_REPLAY" ] && [ -z "$SPLIT_FROM" ]; then
   echo "STAGES: the first stage '${STAGES%% *}' replays an earlier run's conversations: give SPLIT_FROM" >&2
   exit 2
@@ -87,22 +91,24 @@ STAGE_NUMBER=0
 PREVIOUS_EPOCHS=0
 for STAGE in $STAGES; do
   STAGE_NUMBER=$((STAGE_NUMBER + 1))
-  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED STAGE_REPLAY <<< "$STAGE"
+  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED STAGE_REPLAY STAGE_LR STAGE_TEST <<< "$STAGE"
   STAGE_SEED=${STAGE_SEED:-$SEED}
-  REPLAY=()
-  [ -n "$STAGE_REPLAY" ] && REPLAY=(--replay "$STAGE_REPLAY")
-  echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED" \
+  STAGE_FLAGS=()  # passed after train()'s own flags: argparse keeps the last --lr
+  [ -n "$STAGE_REPLAY" ] && STAGE_FLAGS+=(--replay "$STAGE_REPLAY")
+  [ -n "$STAGE_LR" ] && STAGE_FLAGS+=(--lr "$STAGE_LR")
+  [ -n "$STAGE_TEST" ] && STAGE_FLAGS+=(--test-fraction "$STAGE_TEST")
+  echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED, lr ${STAGE_LR:-$LR}" \
       "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")"
   $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$STAGE_N" \
       --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
   for ARCH in $ARCHS; do
     if [ "$STAGE_NUMBER" = 1 ]; then
       ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$STAGE_EPOCHS")
-      train "$RUN/$ARCH" "$ARCH_EPOCHS" "$STAGE_SEED" "${FIRST[@]}" "${REPLAY[@]}"
+      train "$RUN/$ARCH" "$ARCH_EPOCHS" "$STAGE_SEED" "${FIRST[@]}" "${STAGE_FLAGS[@]}"
     elif [ "$ARCH" != jakiro_star ]; then
       BEFORE=$RUN/$ARCH$([ "$STAGE_NUMBER" -gt 2 ] && echo "-$((STAGE_NUMBER - 1))" || true)
       train "$RUN/$ARCH-$STAGE_NUMBER" "$STAGE_EPOCHS" "$STAGE_SEED" \
-          --init-from "$BEFORE/state_$((PREVIOUS_EPOCHS - 1))" --split-from "$BEFORE" --eval-first "${REPLAY[@]}"
+          --init-from "$BEFORE/state_$((PREVIOUS_EPOCHS - 1))" --split-from "$BEFORE" --eval-first "${STAGE_FLAGS[@]}"
     fi
   done
   PREVIOUS_EPOCHS=$STAGE_EPOCHS

@@ -413,10 +413,12 @@ def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F81
 def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_last(workspace):  # noqa: F811
     run = workspace / "recipe"
     # (that each stage's runs resume is train.main's and ge_data's tests)
-    done = run_recipe(workspace, run, "4:1 8:1:3 12:1:4:0.5")
+    done = run_recipe(workspace, run, "4:1 8:1:3::5e-4:0.25 12:1:4:0.5")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "stage 2: features for conversations 0-7, then 1 epoch(s), seed 3 over all" in done.stdout
-    assert "stage 3: features for conversations 0-11, then 1 epoch(s), seed 4 over the new conversations" in done.stdout
+    assert "stage 2: features for conversations 0-7, then 1 epoch(s), seed 3, lr 5e-4 over all" in done.stdout
+    assert "stage 3: features for conversations 0-11, then 1 epoch(s), seed 4, lr 1e-3 over the new" in done.stdout
+    flags = json.loads((run / "jakiro-2" / "args.json").read_text())  # a stage's own lr and held-out fraction
+    assert (flags["lr"], flags["test_fraction"], flags["seed"]) == (5e-4, 0.25, 3)
     first, second, third = (read_split(run / name) for name in ("jakiro", "jakiro-2", "jakiro-3"))
     assert len(first["train"]) + len(first["test"]) == 4 and len(second["train"]) + len(second["test"]) == 8
     assert set(first["test"]) <= set(second["test"]) <= set(third["test"])
@@ -430,7 +432,9 @@ def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_l
     assert len(set(third["train"]) & set(second["train"])) == round(0.5 * len(new))
 
     bad = run_recipe(workspace, run, "6:1 12")
-    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED[:REPLAY]]" in bad.stderr
+    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]]" in bad.stderr
+    bad = run_recipe(workspace, run, "6:1:0::fast")
+    assert bad.returncode == 2 and "STAGES: '6:1:0::fast' is not" in bad.stderr
     bad = run_recipe(workspace, run, "6:1:0:0.5")
     assert bad.returncode == 2 and "replays an earlier run's conversations: give SPLIT_FROM" in bad.stderr
 
