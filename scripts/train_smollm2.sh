@@ -35,7 +35,7 @@ if [ -z "${STAGES:-}" ]; then
     STAGES="$N:${EPOCHS:-2}"
     [ "${CONTINUE_EPOCHS:-2}" -gt 0 ] && STAGES+=" $N:${CONTINUE_EPOCHS:-2}"
   else
-    STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3"
+    STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02"
   fi
 fi
 MAX_LEN=${MAX_LEN:-512}

@@ -11,8 +11,8 @@ from jakiro_star.model.ea_model import EaModel as StarEaModel
 
 PROMPTS = ["What is the capital of France? Answer in one sentence.", "Write a short poem about the sea."]
 # τ floors on PROMPTS (48 new tokens each), well below what the shipped heads measured on them
-# (2026-11-30, midday heads: jakiro 1.93, eagle2 2.07, jakiro_star 1.65): a retrained head that regressed fails here.
-TAU_FLOORS = {"jakiro": 1.6, "eagle2": 1.6, "jakiro_star": 1.45}
+# (2026-12-01, run-6 heads: jakiro 2.43, eagle2 2.33, jakiro_star 2.07): a retrained head that regressed fails here.
+TAU_FLOORS = {"jakiro": 2.0, "eagle2": 2.0, "jakiro_star": 1.7}
 
 
 @pytest.mark.parametrize("kind", sorted(SHIPPED_HEADS))
