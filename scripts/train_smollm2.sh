@@ -53,9 +53,10 @@ TIME_BUDGET=${TIME_BUDGET:-2}
 THREADS=${THREADS:-0}
 SEED=${SEED:-0}
 EVAL_STEPS=${EVAL_STEPS:-500}
-NUMBER='[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?'
+DECIMAL='[0-9]+(\.[0-9]+)?'  # REPLAY and TEST
+LR_VALUE="$DECIMAL([eE]-?[0-9]+)?"  # LR may be written 5e-4
 for STAGE in $STAGES; do
-  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:([0-9]+)?(:($NUMBER)?(:($NUMBER)?(:($NUMBER)?)?)?)?)?$ ]] \
+  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:([0-9]+)?(:($DECIMAL)?(:($LR_VALUE)?(:($DECIMAL)?)?)?)?)?$ ]] \
       || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]]" >&2; exit 2; }
 done
 IFS=: read -r _ _ _ FIRST_REPLAY _ <<< "${STAGES%% *}"  # checked now, before any features are recorded
