@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the Jakiro, EAGLE-2 and Jakiro* draft heads for the embedded SmolLM2-135M-Instruct on a CPU.
 # Every stage resumes: rerun the same command after an interruption.
-#   STAGES="N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]] ...": one training run per stage. A stage first records base-model
+#   STAGES="N:EPOCHS[:SEED[:REPLAY[:LR[:TEST[:FLAGS]]]]] ...": one training run per stage. A stage first records base-model
 #   features for the first N conversations of ShareGPT V3 (seeded shuffle; a later, larger N only adds the
 #   new ones), at most MAX_LEN tokens each, then trains EPOCHS epochs over all of them. Stage k>1 starts
 #   from stage k-1's head (--init-from, a fresh cosine cycle from LR), keeps its held-out conversations held
@@ -11,6 +11,8 @@
 #   peak learning rate, default $LR) and TEST (the held-out fraction of its new conversations, default
 #   train.main's 0.05) override the defaults for one stage; an empty field keeps its default
 #   ("11500:2:4::5e-4:0.02": seed 4, no replay, lr 5e-4, 2 % of the new conversations held out).
+#   FLAGS passes any other train.main flags to the stage, comma-separated, each --name or --name=value
+#   ("--ttt-length=3,--warmup-steps=60": the training-time test over 3 steps, 60 warm-up steps).
 #   Jakiro* runs the first stage only, with STAR_EPOCHS epochs (the smaller budget issue #10 allows).
 #   The default STAGES is the recipe of the shipped heads (docs/training_plan.md). The older two-run
 #   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
@@ -55,9 +57,10 @@ SEED=${SEED:-0}
 EVAL_STEPS=${EVAL_STEPS:-500}
 DECIMAL='[0-9]+(\.[0-9]+)?'  # REPLAY and TEST
 LR_VALUE="$DECIMAL([eE]-?[0-9]+)?"  # LR may be written 5e-4
+FLAG='--[a-z][a-z0-9-]*(=[A-Za-z0-9._/+-]+)?'  # one item of FLAGS
 for STAGE in $STAGES; do
-  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:([0-9]+)?(:($DECIMAL)?(:($LR_VALUE)?(:($DECIMAL)?)?)?)?)?$ ]] \
-      || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]]" >&2; exit 2; }
+  [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:([0-9]+)?(:($DECIMAL)?(:($LR_VALUE)?(:($DECIMAL)?(:($FLAG(,$FLAG)*)?)?)?)?)?)?$ ]] \
+      || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST[:FLAGS]]]]]" >&2; exit 2; }
 done
 IFS=: read -r _ _ _ FIRST_REPLAY _ <<< "${STAGES%% *}"  # checked now, before any features are recorded
 if [ -n "$FIRST_REPLAY" ] && [ -z "$SPLIT_FROM" ]; then
@@ -92,14 +95,16 @@ STAGE_NUMBER=0
 PREVIOUS_EPOCHS=0
 for STAGE in $STAGES; do
   STAGE_NUMBER=$((STAGE_NUMBER + 1))
-  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED STAGE_REPLAY STAGE_LR STAGE_TEST <<< "$STAGE"
+  IFS=: read -r STAGE_N STAGE_EPOCHS STAGE_SEED STAGE_REPLAY STAGE_LR STAGE_TEST STAGE_EXTRA <<< "$STAGE"
   STAGE_SEED=${STAGE_SEED:-$SEED}
   STAGE_FLAGS=()  # passed after train()'s own flags: argparse keeps the last --lr
   [ -n "$STAGE_REPLAY" ] && STAGE_FLAGS+=(--replay "$STAGE_REPLAY")
   [ -n "$STAGE_LR" ] && STAGE_FLAGS+=(--lr "$STAGE_LR")
   [ -n "$STAGE_TEST" ] && STAGE_FLAGS+=(--test-fraction "$STAGE_TEST")
+  [ -n "$STAGE_EXTRA" ] && { IFS=, read -r -a MORE <<< "$STAGE_EXTRA"; STAGE_FLAGS+=("${MORE[@]}"); }
   echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED, lr ${STAGE_LR:-$LR}" \
-      "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")"
+      "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")" \
+      "${STAGE_EXTRA:+with ${STAGE_EXTRA//,/ }}"
   $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$STAGE_N" \
       --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
   for ARCH in $ARCHS; do

@@ -135,6 +135,9 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--split-from", "/nonexistent/run"], "no such file or folder"),
         (["--replay", "1"], "--replay needs --split-from"),
         (["--replay", "-0.5", "--split-from", "."], "--replay must be >= 0"),
+        (["--ttt-length", "0"], "--ttt-length must be >= 1"),
+        (["--ttt-decay", "0"], "--ttt-decay must be > 0"),
+        (["--max-steps", "-1"], "--max-steps must be >= 0"),
     ):
         with pytest.raises(SystemExit):
             train_module.parse_args(base + extra)
@@ -207,7 +210,11 @@ def test_init_from_starts_at_the_given_head_and_budget_projection_leaves_trainin
 
 @pytest.mark.parametrize(
     "levers",
-    [["--draft-vocab-size", "40", "--warm-start-layer"], ["--draft-vocab-size", "40", "--init-from", "SOURCE"]],
+    [
+        ["--draft-vocab-size", "40", "--warm-start-layer"],
+        ["--draft-vocab-size", "40", "--init-from", "SOURCE"],
+        ["--ttt-length", "2", "--arch", "eagle2"],
+    ],
 )
 def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspace, features, monkeypatch, levers):  # noqa: F811
     if "SOURCE" in levers:
@@ -215,16 +222,19 @@ def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspa
         train(workspace, features, source, "--num-epochs", "1")
         levers = [str(source / "state_0") if x == "SOURCE" else x for x in levers]
     common = ["--num-epochs", "2", "--save-steps", "1", "--eval-steps", "2", *levers]
-    straight = workspace / f"lever-straight-{len(levers)}"
+    name = "-".join(flag.strip("-") for flag in levers if flag.startswith("--"))
+    straight = workspace / f"lever-straight-{name}"
     train(workspace, features, straight, *common)
-    resumed = workspace / f"lever-resumed-{len(levers)}"
+    resumed = workspace / f"lever-resumed-{name}"
     real_loss, calls = train_module.compute_loss, []
+    unrolled = int(levers[levers.index("--ttt-length") + 1]) if "--ttt-length" in levers else 1
 
     def crash(*args, **kwargs):
         calls.append(1)
-        # epoch 0: 5 training batches, 2 mid-epoch and 1 final held-out evaluation (one batch each);
-        # epoch 1: its first batch, the evaluation at step 6, then the crash in the second batch
-        if len(calls) == 11:
+        # epoch 0: 5 training batches (one loss per unrolled step), 2 mid-epoch and 1 final held-out
+        # evaluation (one batch each); epoch 1: its first batch, the evaluation at step 6, then the crash
+        # in the second batch
+        if len(calls) == 6 * unrolled + 5:
             raise KeyboardInterrupt("killed")
         return real_loss(*args, **kwargs)
 
@@ -245,7 +255,11 @@ def test_training_with_levers_resumes_mid_epoch_exactly_and_logs_a_curve(workspa
     assert steps == [2, 4, 5, 6, 8, 10]  # every 2 steps and at each epoch's end (once)
     assert all(r["tokens"] > r["learned_tokens"] > 0 for r in history)
     assert all(x["learned_tokens"] < y["learned_tokens"] for x, y in zip(history, history[1:]) if x["step"] < y["step"])
-    assert all(0 <= r["test/contrastive_top1"] <= 1 for r in history)
+    branches = ["moe", "contrastive"] if "eagle2" not in levers else ["moe"]
+    assert all(0 <= r[f"test/{branch}_top1"] <= 1 for r in history for branch in branches)
+    # unrolled steps beyond the first are trained and logged per step (training metrics, at each epoch's end)
+    unrolled_keys = {f"train/{branch}@{k}_top1" for branch in branches for k in range(1, unrolled)}
+    assert all(unrolled_keys <= set(r) for r in history if "train/loss" in r)
     final = metrics(resumed)[-1]
     assert final["tokens"] == history[-1]["tokens"] and final["learned_tokens"] == history[-1]["learned_tokens"]
 
@@ -413,12 +427,15 @@ def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F81
 def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_last(workspace):  # noqa: F811
     run = workspace / "recipe"
     # (that each stage's runs resume is train.main's and ge_data's tests)
-    done = run_recipe(workspace, run, "4:1 8:1:3::5e-4:0.25 12:1:4:0.5")
+    done = run_recipe(workspace, run, "4:1 8:1:3::5e-4:0.25 12:1:4:0.5:::--ttt-length=2,--warmup-steps=1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stage 2: features for conversations 0-7, then 1 epoch(s), seed 3, lr 5e-4 over all" in done.stdout
     assert "stage 3: features for conversations 0-11, then 1 epoch(s), seed 4, lr 1e-3 over the new" in done.stdout
+    assert "with --ttt-length=2 --warmup-steps=1" in done.stdout
     flags = json.loads((run / "jakiro-2" / "args.json").read_text())  # a stage's own lr and held-out fraction
     assert (flags["lr"], flags["test_fraction"], flags["seed"]) == (5e-4, 0.25, 3)
+    third_flags = json.loads((run / "jakiro-3" / "args.json").read_text())  # a stage's own other flags
+    assert (third_flags["ttt_length"], third_flags["warmup_steps"], flags["ttt_length"]) == (2, 1, 1)
     first, second, third = (read_split(run / name) for name in ("jakiro", "jakiro-2", "jakiro-3"))
     assert len(first["train"]) + len(first["test"]) == 4 and len(second["train"]) + len(second["test"]) == 8
     assert set(first["test"]) <= set(second["test"]) <= set(third["test"])
@@ -432,7 +449,9 @@ def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_l
     assert len(set(third["train"]) & set(second["train"])) == round(0.5 * len(new))
 
     bad = run_recipe(workspace, run, "6:1 12")
-    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST]]]]" in bad.stderr
+    assert bad.returncode == 2 and "STAGES: '12' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST[:FLAGS]]]]]" in bad.stderr
+    bad = run_recipe(workspace, run, "6:1:0::::ttt-length=2")
+    assert bad.returncode == 2 and "STAGES: '6:1:0::::ttt-length=2' is not" in bad.stderr
     bad = run_recipe(workspace, run, "6:1:0::fast")
     assert bad.returncode == 2 and "STAGES: '6:1:0::fast' is not" in bad.stderr
     bad = run_recipe(workspace, run, "6:1:0:0.5")
@@ -456,3 +475,15 @@ def test_a_head_continued_on_other_data_keeps_drafting_the_tokens_its_earlier_da
     assert torch.equal(after["counts"][: own_ids.numel()], own_counts)
     assert set(after["token_ids"].tolist()) == set(before["token_ids"].tolist()) | set(own_ids.tolist())
     assert not after["counts"][own_ids.numel() :].any()  # then the earlier tokens it lacks, count 0
+
+
+def test_max_steps_ends_the_schedule_there_and_a_resumed_finished_run_stays_finished(workspace, features):  # noqa: F811
+    cpdir = workspace / "max-steps"
+    train(workspace, features, cpdir, "--num-epochs", "3", "--max-steps", "7", "--ttt-length", "3")
+    history = metrics(cpdir)  # 5 steps per epoch: epoch 0 ends at 5, the run stops at 7 inside epoch 1
+    assert [(r["epoch"], r["step"]) for r in history] == [(0, 5), (1, 7)]
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine reached its end at step 7
+    assert {"train/moe@1_top1", "train/moe@2_top1", "train/contrastive@2_top1"} <= set(history[-1])
+    assert sorted(p.name for p in cpdir.glob("state_*")) == ["state_0", "state_1"]
+    train(workspace, features, cpdir, "--num-epochs", "3", "--max-steps", "7", "--ttt-length", "3", "--resume")
+    assert metrics(cpdir) == history and not (cpdir / "state_2").exists()

@@ -278,14 +278,19 @@ class Model(nn.Module):
         penult_forward: bool = False,
         use_cache: bool = False,
         last_only: bool = False,
+        caches: list | None = None,
     ) -> torch.Tensor:
         """Run the head.
 
         ``attention_mask``: additive float mask ``[B or 1, 1, S, past+S]``; default causal.
         ``use_cache``: append to ``self.kv_cache`` (inference). ``last_only``: compute the MLP for the
-        last position only (the first drafting forward needs nothing else).
+        last position only (the first drafting forward needs nothing else). ``caches``: one object per
+        layer with ``update(k, v) -> (keys, values)`` to use instead (training's unrolled steps; pass
+        ``attention_mask`` and ``position_ids`` with them).
         """
         batch, length = input_ids.shape
+        if caches is not None and (attention_mask is None or position_ids is None):
+            raise ValueError("explicit caches need an attention_mask and position_ids")
         past = self.kv_length if use_cache else 0
         with torch.no_grad():
             embeds = self.embed_tokens(input_ids).to(hidden_states.dtype)
@@ -297,7 +302,7 @@ class Model(nn.Module):
         x = self.fc(torch.cat((embeds, hidden_states), dim=-1))
         both = self.two_branches and (self.training or penult_forward)
         for i, layer in enumerate(self.layers):
-            cache = self.kv_cache[i] if use_cache else None
+            cache = caches[i] if caches is not None else self.kv_cache[i] if use_cache else None
             last_layer = i == len(self.layers) - 1
             x = layer(x, cos_sin, attention_mask, cache, both, last_only=last_only and last_layer)
         return x

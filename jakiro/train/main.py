@@ -16,7 +16,8 @@ training and held-out files to ``CKPT/split.json``.
 Levers for short CPU runs: ``--draft-vocab-size K`` (the loss over the K most frequent learned
 tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf16 matrix units),
 ``--warm-start-layer [N]`` (start from base decoder layer N), ``--init-from DIR`` (continue from an
-existing head), ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
+existing head), ``--ttt-length N`` (also train on the head's own predictions N-1 steps deep, as it drafts),
+``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
 ``--eval-first`` adds step 0), ``--split-from CKPT`` (keep an earlier run's held-out files held out when the data
 grows; ``--replay R`` trains on the new files plus R times as many earlier ones) and ``--time-budget``
 (prints the steps and tokens that fit, measured on a few steps, before training).
@@ -55,6 +56,7 @@ from .data import (
     write_split,
 )
 from .history import write_args
+from .unroll import step_mask, step_weights, unrolled_forward
 from .warm_start import feature_scale, init_from, load_base_layer, warm_start
 
 CHECKPOINT = "checkpoint"
@@ -83,6 +85,12 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     p.add_argument("--wd", type=float, default=1e-3)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--num-epochs", type=int, default=20)
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="stop after N optimizer steps (the schedule ends there; the stopping epoch is evaluated and saved)",
+    )
     p.add_argument("--warmup-steps", type=int, default=2000, help="linear warm-up (capped at 10%% of all steps)")
     p.add_argument("--max-len", type=int, default=2048)
     p.add_argument("--noise-std", type=float, default=0.2, help="uniform noise (U-0.5)*std on input features")
@@ -94,6 +102,15 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     p.add_argument("--b2", type=float, default=0.95)
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--rollout-steps", type=int, default=5, help="steps of the held-out acceptance estimate")
+    p.add_argument(
+        "--ttt-length",
+        type=int,
+        default=1,
+        metavar="N",
+        help="unroll the head N steps over its own predicted features (EAGLE-3's training-time test; 1: "
+        "teacher-forced only); step k's loss is weighted --ttt-decay**k",
+    )
+    p.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight decay per unrolled step")
     p.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps (0: per epoch)")
     p.add_argument(
         "--mixed-precision",
@@ -173,7 +190,11 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error("--replay needs --split-from (the earlier run whose training conversations are replayed)")
     if args.replay is not None and args.replay < 0:
         p.error(f"--replay must be >= 0 (0: the new conversations only), got {args.replay}")
-    for name in ("eval_steps", "time_budget", "threads"):
+    if args.ttt_length < 1:
+        p.error(f"--ttt-length must be >= 1 (1: teacher-forced only), got {args.ttt_length}")
+    if not args.ttt_decay > 0:
+        p.error(f"--ttt-decay must be > 0, got {args.ttt_decay}")
+    for name in ("eval_steps", "time_budget", "threads", "max_steps"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
@@ -270,34 +291,51 @@ def branch_terms(
 
 
 def compute_loss(
-    predict, batch, head_weight, args, vocab: DraftVocab | None = None, exact: bool = False
+    predict, batch, head_weight, args, vocab: DraftVocab | None = None, exact: bool = False, step: int = 0
 ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-    """Jakiro loss (both branches) or EAGLE loss (one output: the dense and the Jakiro* heads)."""
-    target, mask = batch["target"], batch["loss_mask"]
+    """Jakiro loss (both branches) or EAGLE loss (one output: the dense and the Jakiro* heads) of unrolled
+    step ``step`` (its terms are named ``moe@step``... beyond step 0, and leave out the first ``step`` positions)."""
+    target, mask = batch["target"], step_mask(batch["loss_mask"], step)
+    name = (lambda branch: branch) if not step else (lambda branch: f"{branch}@{step}")
     if predict.dim() == 4:  # [2, B, S, H]: MoE branch and contrastive branch
         moe = branch_terms(predict[0], target, mask, head_weight, vocab=vocab, exact=exact)
         con = branch_terms(predict[1], target, mask, head_weight, shift=1, vocab=vocab, exact=exact)
         loss = args.v_w * (moe["vloss"] + args.const * con["vloss"]) + args.p_w * (
             moe["ploss"] + args.const * con["ploss"]
         )
-        return loss, {"moe": moe, "contrastive": con}
+        return loss, {name("moe"): moe, name("contrastive"): con}
     dense = branch_terms(predict, target, mask, head_weight, vocab=vocab, exact=exact)
-    return args.v_w * dense["vloss"] + args.p_w * dense["ploss"], {"moe": dense}
+    return args.v_w * dense["vloss"] + args.p_w * dense["ploss"], {name("moe"): dense}
+
+
+def training_loss(
+    model, features, batch, head_weight, args, vocab: DraftVocab | None = None
+) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+    """The loss of one batch over ``--ttt-length`` unrolled steps (step k weighted ``--ttt-decay**k``) and the
+    terms of every step (step 0's under the branch names, the others' as ``moe@k``...)."""
+    outputs = unrolled_forward(model, features, batch["input_ids"], args.ttt_length)
+    total, terms = None, {}
+    for step, (weight, predict) in enumerate(zip(step_weights(args.ttt_length, args.ttt_decay), outputs)):
+        loss, step_terms = compute_loss(predict, batch, head_weight, args, vocab, step=step)
+        total = weight * loss if total is None else total + weight * loss
+        terms.update(step_terms)
+    return total, terms
 
 
 @torch.no_grad()
 def rollout_acceptance(
-    model, batch, head_weight, steps: int, vocab: DraftVocab | None = None
+    outputs: list[torch.Tensor], batch, head_weight, vocab: DraftVocab | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out k-step chain acceptance: at step j every position uses the draft's own features
-    from step j-1; a position counts at step j only if steps 0..j-1 were right from its start.
-    With a draft ``vocab`` the draft picks among its tokens only. Returns (hits [steps], trials [steps])."""
-    features, ids, mask = batch["hidden_states"], batch["input_ids"], batch["loss_mask"].bool()
+    """Held-out chain acceptance from the head's unrolled ``outputs`` (``unroll.unrolled_forward``: step k
+    reads the head's own features from the steps before, with a real-feature context, as when drafting);
+    a chain counts at step k only if steps 0..k-1 were right from its start. With a draft ``vocab`` the
+    draft picks among its tokens only. Returns (hits [steps], trials [steps])."""
+    mask = batch["loss_mask"].bool()
     targets = (batch["target"] @ head_weight.T).argmax(-1)
+    steps = len(outputs)
     hits, trials = torch.zeros(steps), torch.zeros(steps)
     alive = mask
-    for step in range(steps):
-        out = model(features, ids)
+    for step, out in enumerate(outputs):
         out = out[0] if out.dim() == 4 else out
         if vocab is None or vocab.ids is None:
             guess = (out @ head_weight.T).argmax(-1)
@@ -309,7 +347,6 @@ def rollout_acceptance(
         trials[step] = alive.sum().cpu()
         alive = alive & correct
         hits[step] = alive.sum().cpu()
-        features = torch.cat((features[:, :1], out[:, :-1]), dim=1)
     return hits, trials
 
 
@@ -385,6 +422,8 @@ def run(args: argparse.Namespace) -> None:
     batches_per_epoch = math.ceil(len(train_set) / (args.bs * accelerator.num_processes))
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     total_steps = args.num_epochs * steps_per_epoch
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
     warmup_steps = min(args.warmup_steps, total_steps // 10 + 1)
     positions, learned = data_size(train_files, args.max_len)
     accelerator.print(
@@ -461,6 +500,8 @@ def run(args: argparse.Namespace) -> None:
         )
 
     for epoch in range(start_epoch, args.num_epochs):
+        if seen["step"] >= total_steps:  # --max-steps reached (a resumed run that had finished)
+            break
         epoch_start = time.perf_counter()
         model.train()
         generator = torch.Generator().manual_seed(args.seed + epoch)
@@ -483,7 +524,7 @@ def run(args: argparse.Namespace) -> None:
             desc=f"epoch {epoch}",
             disable=not accelerator.is_local_main_process,
             initial=first,
-            total=batches_per_epoch,
+            total=min(batches_per_epoch, first + (total_steps - seen["step"]) * args.gradient_accumulation_steps),
         )
         for number, batch in enumerate(bar, start=first):
             step_start = time.perf_counter()
@@ -492,8 +533,7 @@ def run(args: argparse.Namespace) -> None:
                 if args.noise_std:
                     features = features + (torch.rand_like(features) - 0.5) * args.noise_std
                 with accelerator.autocast():
-                    predict = model(features, batch["input_ids"])
-                    loss, terms = compute_loss(predict, batch, head_weight, args, vocab)
+                    loss, terms = training_loss(model, features, batch, head_weight, args, vocab)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -509,7 +549,7 @@ def run(args: argparse.Namespace) -> None:
             if accelerator.sync_gradients:
                 seen["step"] += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{totals['moe_top1'] / max(totals['moe_count'], 1):.3f}")
-            last = number + 1 >= batches_per_epoch  # the epoch's end evaluates anyway
+            last = number + 1 >= batches_per_epoch or seen["step"] >= total_steps  # the end evaluates anyway
             if args.eval_steps and accelerator.sync_gradients and seen["step"] % args.eval_steps == 0 and not last:
                 log(
                     {
@@ -523,6 +563,8 @@ def run(args: argparse.Namespace) -> None:
             if args.save_steps and (number + 1) % args.save_steps == 0:
                 save_checkpoint(epoch, number + 1)
             if args.debug and number >= 9:
+                break
+            if seen["step"] >= total_steps:  # --max-steps: evaluate and save as at an epoch's end
                 break
         train_metrics = summarise(accelerator, totals, "train")
         test_metrics = evaluate(accelerator, model, test_loader, head_weight, args, vocab)
@@ -589,9 +631,7 @@ def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator
         start = time.perf_counter()
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.autocast():
-                loss, _ = compute_loss(
-                    probe(batch["hidden_states"], batch["input_ids"]), batch, head_weight, args, vocab
-                )
+                loss, _ = training_loss(probe, batch["hidden_states"], batch, head_weight, args, vocab)
             loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -635,7 +675,7 @@ def summarise(accelerator, totals: dict[str, float], prefix: str) -> dict[str, f
     values = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device), "sum").tolist()
     summed = dict(zip(keys, values))
     out = {}
-    for branch in ("moe", "contrastive"):
+    for branch in dict.fromkeys(key.rsplit("_", 1)[0] for key in keys if key.endswith("_count")):
         count = summed.get(f"{branch}_count")
         if not count:
             continue
@@ -658,10 +698,13 @@ def evaluate(accelerator, model, loader, head_weight, args, vocab: DraftVocab | 
     hits, trials = torch.zeros(args.rollout_steps), torch.zeros(args.rollout_steps)
     unwrapped = accelerator.unwrap_model(model)
     for batch in loader:
-        with accelerator.autocast():
-            predict = unwrapped(batch["hidden_states"], batch["input_ids"], penult_forward=True)  # both branches
-            loss, terms = compute_loss(predict, batch, head_weight, args, vocab, exact=True)
-            h, t = rollout_acceptance(unwrapped, batch, head_weight, args.rollout_steps, vocab)
+        with accelerator.autocast():  # both branches at every step
+            steps = max(args.rollout_steps, 1)
+            outputs = unrolled_forward(
+                unwrapped, batch["hidden_states"], batch["input_ids"], steps, penult_forward=True
+            )
+            loss, terms = compute_loss(outputs[0], batch, head_weight, args, vocab, exact=True)
+            h, t = rollout_acceptance(outputs[: args.rollout_steps], batch, head_weight, vocab)
         accumulate(totals, loss, terms)
         hits, trials = hits + h, trials + t
     if not totals:
