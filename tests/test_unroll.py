@@ -1,8 +1,11 @@
 """The head unrolled over its own predictions (``--ttt-length``, the held-out chain acceptance) computes
 exactly what drafting a chain with the head's cache computes."""
 
+import json
+
 import pytest
 import torch
+from helpers import load_script
 
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
@@ -74,3 +77,20 @@ def test_chain_acceptance_counts_a_step_only_after_every_earlier_step_was_right(
     assert trials.tolist() == [4, 3] and hits.tolist() == [4, 2]
     hits, trials = rollout_acceptance([wrong, right], batch, head_weight)
     assert trials.tolist() == [4, 0] and hits.tolist() == [0, 0]
+
+
+def test_the_chain_acceptance_plot_reads_a_runs_evaluation_rows(tmp_path):
+    chain_acceptance = load_script("benchmarks/chain_acceptance.py")
+    rows = [
+        {"step": 0, "test/0_acc": 0.5, "test/1_acc": 0.4, "test/chain_tokens_per_step": 1.7},
+        {"step": 5, "train/loss": 1.0},
+        {"step": 10, "test/0_acc": 0.6, "test/1_acc": 0.5, "test/chain_tokens_per_step": 1.9},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert chain_acceptance.row(str(tmp_path), None)["step"] == 10
+    first = chain_acceptance.row(str(tmp_path), 0)
+    assert chain_acceptance.rates(first) == [0.5, 0.4]
+    assert chain_acceptance.survival([0.5, 0.4]) == [0.5, pytest.approx(0.2)]
+    with pytest.raises(ValueError, match="no held-out evaluation at step 5"):
+        chain_acceptance.row(str(tmp_path), 5)
+    assert "| late | 10 | 0.600 | 0.500 | 1.900 |" in chain_acceptance.table({"late": rows[2]})
