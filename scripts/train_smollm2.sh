@@ -37,7 +37,7 @@ if [ -z "${STAGES:-}" ]; then
     STAGES="$N:${EPOCHS:-2}"
     [ "${CONTINUE_EPOCHS:-2}" -gt 0 ] && STAGES+=" $N:${CONTINUE_EPOCHS:-2}"
   else
-    STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02"
+    STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250"
   fi
 fi
 MAX_LEN=${MAX_LEN:-512}
