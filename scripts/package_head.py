@@ -152,9 +152,12 @@ def main() -> None:
         --ttt-length landed record it); earlier runs logged a cruder estimate (every context feature predicted)."""
         return "ttt_length" in (recorded[run] or {})
 
+    def approx(r: dict) -> str:
+        """The mark of a row's chain figures: "≈ " for the cruder estimate, else nothing."""
+        return "" if exact_chain(r["run"]) else "≈ "
+
     def chain(r: dict) -> str:
-        rates = " / ".join("{:.2f}".format(r[f"test/{j}_acc"]) for j in range(5))
-        return rates if exact_chain(r["run"]) else f"≈ {rates}"
+        return approx(r) + " / ".join("{:.2f}".format(r[f"test/{j}_acc"]) for j in range(5))
 
     def branch(r: dict, key: str) -> str:
         return f"{r[key]:.3f}" if key in r else "-"
@@ -162,7 +165,7 @@ def main() -> None:
     rows = "\n".join(
         f"| {r['total_epoch']} | {r['train/loss']:.3f} | {branch(r, 'train/moe_top1')} | {branch(r, 'train/contrastive_top1')} | "
         f"{branch(r, 'test/moe_top1')} | {branch(r, 'test/contrastive_top1')} | {chain(r)} | "
-        f"{'' if exact_chain(r['run']) else '≈ '}{r['test/chain_tokens_per_step']:.2f} | {trained[r['run']]} | {held_out[r['run']]} | "
+        f"{approx(r)}{r['test/chain_tokens_per_step']:.2f} | {trained[r['run']]} | {held_out[r['run']]} | "
         f"{r.get('epoch_seconds', 0) / 60:.0f} |"
         for r in history
     )
