@@ -697,9 +697,9 @@ def evaluate(accelerator, model, loader, head_weight, args, vocab: DraftVocab | 
     totals: dict[str, float] = {}
     hits, trials = torch.zeros(args.rollout_steps), torch.zeros(args.rollout_steps)
     unwrapped = accelerator.unwrap_model(model)
+    steps = max(args.rollout_steps, 1)  # step 0 gives the losses and top-k hits
     for batch in loader:
         with accelerator.autocast():  # both branches at every step
-            steps = max(args.rollout_steps, 1)
             outputs = unrolled_forward(
                 unwrapped, batch["hidden_states"], batch["input_ids"], steps, penult_forward=True
             )
