@@ -318,6 +318,8 @@ def test_deepspeed_trains_a_loadable_head(workspace, features, tmp_path):
         "2",
         "--lr",
         "3e-3",
+        "--ttt-length",
+        "2",
         "--deepspeed",
         "--deepspeed_config",
         str(config),

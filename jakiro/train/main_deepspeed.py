@@ -7,6 +7,7 @@ Same data, loss and per-epoch ``state_<epoch>`` folders as ``jakiro.train.main``
 precision, ZeRO stage and batch sizes come from the DeepSpeed config (``ds_config.json`` is the
 reference's: fp16, AdamW 5e-5, ZeRO-2, micro batch 2, accumulation 2). A config without an
 ``optimizer`` section gets torch's AdamW with ``--lr``/``--wd`` (this is how it runs on a CPU).
+``--ttt-length N`` trains over N unrolled steps as ``jakiro.train.main`` does (its ``training_loss``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from ..model.checkpoint import save_draft_head
 from .data import FeatureDataset, collate, sample_files, split
-from .main import archs, compute_loss, draft_config, head_class, load_frozen_base_parts
+from .main import archs, draft_config, head_class, load_frozen_base_parts, training_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,10 +41,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--wd", type=float, default=0.0)
     p.add_argument("--test-fraction", type=float, default=0.05)
+    p.add_argument("--ttt-length", type=int, default=1, help="unrolled steps, as in jakiro.train.main")
+    p.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight decay per unrolled step")
     p.add_argument("--save-dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--local_rank", type=int, default=-1)
     p = deepspeed.add_config_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.ttt_length < 1:
+        p.error(f"--ttt-length must be >= 1 (1: teacher-forced only), got {args.ttt_length}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -76,7 +82,9 @@ def main(argv=None) -> None:
     device = engine.device
     head_weight = head_weight.to(device, dtype)
     engine.module.set_embedding(torch.nn.Embedding.from_pretrained(embedding_weight.to(device, dtype), freeze=True))
-    losses = argparse.Namespace(p_w=args.p_w, v_w=args.v_w, const=args.const)
+    losses = argparse.Namespace(
+        p_w=args.p_w, v_w=args.v_w, const=args.const, ttt_length=args.ttt_length, ttt_decay=args.ttt_decay
+    )
     rank0 = engine.global_rank == 0
     for epoch in range(args.num_epochs):
         engine.train()
@@ -84,7 +92,7 @@ def main(argv=None) -> None:
         for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not rank0):
             batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
             features = batch["hidden_states"] + (torch.rand_like(batch["hidden_states"]) - 0.5) * args.noise_std
-            loss, _ = compute_loss(engine(features, batch["input_ids"]), batch, head_weight, losses)
+            loss, _ = training_loss(engine, features, batch, head_weight, losses)
             engine.backward(loss)
             engine.step()
             total, count = total + float(loss.detach()), count + 1
