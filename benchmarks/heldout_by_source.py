@@ -33,6 +33,7 @@ def main() -> None:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
+    from jakiro.embedded import smollm2_path
     from jakiro.model.checkpoint import read_draft_vocab
     from jakiro.train.data import FeatureDataset, collate, read_split
     from jakiro.train.main import (
@@ -71,7 +72,7 @@ def main() -> None:
         if not found or missing:
             raise SystemExit(f"source {name}: {len(found)} held-out files, {len(missing)} missing under {args.tmpdir}")
     accelerator = Accelerator(cpu=True, mixed_precision=resolve_mixed_precision(args.mixed_precision))
-    head_weight = embedding_weight = base_config = None
+    head_weight, embedding_weight, base_config = load_frozen_base_parts(smollm2_path())  # the heads' base model
     print(
         "| head | source | conversations | top-1 (MoE) | top-1 (contrastive) | chain acceptance, steps 1-5 | implied tokens/step |"
     )
@@ -84,8 +85,6 @@ def main() -> None:
         train_args = parse_args(["--tmpdir", args.tmpdir, "--cpdir", "unused", "--arch", arch, "--init-from", state])
         train_args.configpath, train_args.max_len = state, args.max_len
         train_args.draft_vocab_size = args.draft_vocab_size
-        if head_weight is None:
-            head_weight, embedding_weight, base_config = load_frozen_base_parts(train_args.basepath or _base())
         config = draft_config(train_args, base_config, head_weight)
         embedding = torch.nn.Embedding.from_pretrained(embedding_weight, freeze=True)
         model = head_class(arch)(config, embed_tokens=embedding)
@@ -103,12 +102,6 @@ def main() -> None:
                 f"{out['test/chain_tokens_per_step']:.2f} |",
                 flush=True,
             )
-
-
-def _base() -> str:
-    from jakiro.embedded import smollm2_path
-
-    return smollm2_path()
 
 
 if __name__ == "__main__":
