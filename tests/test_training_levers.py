@@ -381,6 +381,15 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     new_train = set(kept["train"]) - set(recorded["train"])
     assert sample["test"] == kept["test"] and len(new_train) == 6 and new_train <= set(sample["train"])
     assert len(set(sample["train"]) & set(recorded["train"])) == 3 and len(sample["train"]) == 9
+    assert sample["earlier"] == sorted(set(recorded["train"]) - set(sample["train"]))  # the 7 not replayed
+    # a run continued from the replay run keeps all 10 first-run conversations on the training side
+    assert split(sample_files(str(grown)), 0.2, sample, str(grown))[1] == split(
+        sample_files(str(grown)), 0.2, recorded | {"test": kept["test"], "train": kept["train"]}, str(grown)
+    )[1]
+    leaky = {k: v for k, v in sample.items() if k != "earlier"}  # what such a split said before it had "earlier"
+    assert {os.path.relpath(f, grown) for f in split(sample_files(str(grown)), 0.2, leaky, str(grown))[1]} & set(
+        recorded["train"]
+    )
     assert metrics(replayed)[-1]["tokens"] == data_size([str(grown / name) for name in sample["train"]], 2048)[0]
     flags = recorded_args(replayed)  # each run records its flags for its model card
     assert (flags["replay"], flags["seed"], flags["split_from"]) == (0.5, 4, str(first))

@@ -24,21 +24,35 @@ def split(
     """Deterministic split: every ``1/test_fraction``-th file is held out (at least one).
 
     ``previous`` (an earlier run's ``split.json``, see :func:`read_split`; names relative to ``root``)
-    keeps each file it names on its side and applies the rule to the others only, so a head continued on
-    grown data never finds a conversation it trained on among the held-out ones.
+    keeps each file it names on its side (``earlier`` names count as training ones) and applies the rule to the
+    others only, so a head continued on grown data never finds a conversation it trained on among the held-out
+    ones.
     """
     if test_fraction <= 0 or not files:
         return list(files), []
     step = max(2, round(1 / test_fraction))
     side = {}
     if previous:
-        side = {name: False for name in previous["train"]} | {name: True for name in previous["test"]}
+        side = {name: False for name in trained_on(previous)} | {name: True for name in previous["test"]}
     names = [os.path.relpath(f, root) for f in files]
     new = [f for f, name in zip(files, names) if name not in side]
     held = {f for f, name in zip(files, names) if side.get(name)} | set(new[step - 1 :: step])
     if not held:
         held = {files[-1]}
     return [f for f in files if f not in held], [f for f in files if f in held]
+
+
+def trained_on(previous: dict[str, list[str]]) -> set[str]:
+    """Every file name a recorded split's head has trained on: this run's ``train`` and its ``earlier`` runs'."""
+    return set(previous["train"]) | set(previous.get("earlier", ()))
+
+
+def earlier_names(previous: dict[str, list[str]], train: list[str], test: list[str], root: str) -> list[str]:
+    """The names ``previous``'s head trained on that this run neither trains on nor holds out (a ``--replay``
+    run's unsampled conversations), recorded as ``earlier`` so a later ``--split-from`` keeps them on the
+    training side."""
+    current = {os.path.relpath(f, root) for f in (*train, *test)}
+    return sorted(trained_on(previous) - current)
 
 
 def replay_sample(
@@ -50,7 +64,7 @@ def replay_sample(
     A head continued on grown data then spends its steps mostly on conversations it has not seen, while the
     replayed ones keep it from forgetting the earlier data (names relative to ``root``, as in :func:`split`).
     """
-    earlier = set(previous["train"])
+    earlier = trained_on(previous)
     old = [f for f in train_files if os.path.relpath(f, root) in earlier]
     count = min(len(old), round(ratio * (len(train_files) - len(old))))
     generator = torch.Generator().manual_seed(seed)
@@ -71,16 +85,20 @@ def read_split(path: str) -> dict[str, list[str]]:
         recorded = json.load(f)
     if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), list) for k in ("train", "test")):
         raise ValueError(f"{path}: expected {{'train': [...], 'test': [...]}} file lists")
+    if not isinstance(recorded.get("earlier", []), list):
+        raise ValueError(f"{path}: 'earlier' must be a list of file names")
     return recorded
 
 
-def write_split(folder: str, train: list[str], test: list[str], root: str) -> None:
-    """Record which files (relative to ``root``) a run trains on and holds out, atomically."""
+def write_split(folder: str, train: list[str], test: list[str], root: str, earlier: list[str] = ()) -> None:
+    """Record which files (relative to ``root``) a run trains on and holds out, atomically; ``earlier``: names
+    that earlier runs of the same head trained on and this one does not (kept out of any later held-out split)."""
     path = os.path.join(folder, SPLIT_FILE)
+    recorded = {"train": [os.path.relpath(x, root) for x in train], "test": [os.path.relpath(x, root) for x in test]}
+    if earlier:
+        recorded["earlier"] = list(earlier)
     with open(path + ".tmp", "w") as f:
-        json.dump(
-            {"train": [os.path.relpath(x, root) for x in train], "test": [os.path.relpath(x, root) for x in test]}, f
-        )
+        json.dump(recorded, f)
     os.replace(path + ".tmp", path)
 
 

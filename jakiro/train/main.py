@@ -47,6 +47,7 @@ from .data import (
     FeatureDataset,
     collate,
     data_size,
+    earlier_names,
     extend_ranking,
     read_split,
     replay_sample,
@@ -399,7 +400,7 @@ def run(args: argparse.Namespace) -> None:
     head_weight = head_weight.to(device)
     embedding = torch.nn.Embedding.from_pretrained(embedding_weight.to(device), freeze=True)
     model = head_class(args.arch)(config, embed_tokens=embedding)
-    train_files, test_files, split_note = choose_split(args)
+    train_files, test_files, trained_earlier, split_note = choose_split(args)
     train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
     start = "random"
     if args.warm_start_layer is not None:
@@ -447,7 +448,7 @@ def run(args: argparse.Namespace) -> None:
     )
     os.makedirs(args.cpdir, exist_ok=True)
     if accelerator.is_main_process:
-        write_split(args.cpdir, train_files, test_files, args.tmpdir)
+        write_split(args.cpdir, train_files, test_files, args.tmpdir, trained_earlier)
         # with the machine and the precision `auto` resolved to, so a model card can say what trained each run
         write_args(
             args.cpdir,
@@ -584,12 +585,13 @@ def run(args: argparse.Namespace) -> None:
         save_checkpoint(epoch + 1, 0)
 
 
-def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
-    """Training and held-out files, and a note for the log.
+def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], str]:
+    """Training and held-out files, the names earlier runs trained on that this one leaves out, and a note.
 
     A resumed run keeps the split it recorded (files added since are left out); ``--split-from`` keeps an
     earlier run's sides and splits only new files (``--replay``: training on the new ones plus a seeded sample of
-    the earlier training files); otherwise every ``1/--test-fraction``-th file is held out.
+    the earlier training files, the others recorded as ``earlier``); otherwise every ``1/--test-fraction``-th
+    file is held out.
     """
     files = sample_files(args.tmpdir)
     recorded = os.path.join(args.cpdir, SPLIT_FILE)
@@ -601,7 +603,8 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
             raise FileNotFoundError(
                 f"{recorded} names {len(names) - len(present)} sample file(s) missing under {args.tmpdir}"
             )
-        return *split(present, args.test_fraction, previous, args.tmpdir), f" (the split recorded in {recorded})"
+        train_files, test_files = split(present, args.test_fraction, previous, args.tmpdir)
+        return train_files, test_files, previous.get("earlier", []), f" (the split recorded in {recorded})"
     if args.split_from:
         previous = read_split(args.split_from)
         train_files, test_files = split(files, args.test_fraction, previous, args.tmpdir)
@@ -610,8 +613,8 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
         if args.replay is not None:
             train_files = replay_sample(train_files, previous, args.replay, args.seed, args.tmpdir)
             note += f"; training on the new conversations plus {args.replay:g}x as many earlier ones"
-        return train_files, test_files, note
-    return *split(files, args.test_fraction), ""
+        return train_files, test_files, earlier_names(previous, train_files, test_files, args.tmpdir), note
+    return *split(files, args.test_fraction), [], ""
 
 
 def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator, steps: int = 3) -> float:
