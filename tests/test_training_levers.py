@@ -383,9 +383,12 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert len(set(sample["train"]) & set(recorded["train"])) == 3 and len(sample["train"]) == 9
     assert sample["earlier"] == sorted(set(recorded["train"]) - set(sample["train"]))  # the 7 not replayed
     # a run continued from the replay run keeps all 10 first-run conversations on the training side
-    assert split(sample_files(str(grown)), 0.2, sample, str(grown))[1] == split(
-        sample_files(str(grown)), 0.2, recorded | {"test": kept["test"], "train": kept["train"]}, str(grown)
-    )[1]
+    assert (
+        split(sample_files(str(grown)), 0.2, sample, str(grown))[1]
+        == split(sample_files(str(grown)), 0.2, recorded | {"test": kept["test"], "train": kept["train"]}, str(grown))[
+            1
+        ]
+    )
     leaky = {k: v for k, v in sample.items() if k != "earlier"}  # what such a split said before it had "earlier"
     assert {os.path.relpath(f, grown) for f in split(sample_files(str(grown)), 0.2, leaky, str(grown))[1]} & set(
         recorded["train"]
