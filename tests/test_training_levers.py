@@ -23,6 +23,7 @@ import jakiro.train.main as train_module
 from jakiro.device import processor_name
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
+from jakiro.model.ea_model import EaModel
 from jakiro.train.data import data_size, read_split, replay_sample, sample_files, split, token_ranking
 from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
@@ -138,6 +139,9 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--ttt-length", "0"], "--ttt-length must be >= 1"),
         (["--ttt-decay", "0"], "--ttt-decay must be > 0"),
         (["--max-steps", "-1"], "--max-steps must be >= 0"),
+        (["--expert-width", "0"], "--expert-width must be a positive integer"),
+        (["--expert-width", "96", "--arch", "eagle2"], "--expert-width applies to --arch jakiro"),
+        (["--expert-width", "96", "--arch", "jakiro_star"], "--expert-width applies to --arch jakiro"),
     ):
         with pytest.raises(SystemExit):
             train_module.parse_args(base + extra)
@@ -205,6 +209,47 @@ def test_init_from_starts_at_the_given_head_and_budget_projection_leaves_trainin
             "eagle2",
             "--init-from",
             str(source / "state_0"),
+        )
+
+
+def test_expert_width_widens_an_init_from_head_without_changing_what_it_computes(workspace, features):  # noqa: F811
+    source = workspace / "narrow"
+    train(workspace, features, source, "--num-epochs", "1")
+    wide = workspace / "wide"  # lr 0: the widened head is saved as it started
+    common = ["--num-epochs", "1", "--init-from", str(source / "state_0"), "--lr", "0", "--eval-first"]
+    train(workspace, features, wide, *common, "--expert-width", "96")
+    assert EConfig.from_pretrained(wide / "state_0").expert_width == 96
+    assert "expert_intermediate_size" not in json.loads((source / "state_0" / "config.json").read_text())
+    before, after = (load_file(str(d / "state_0" / "model.safetensors")) for d in (source, wide))
+    for e in (0, 1):
+        key = f"layers.0.mlp_moe.experts.{e}.%s_proj.weight"
+        assert after[key % "gate"].shape == (96, 64) and after[key % "down"].shape == (64, 96)
+        assert torch.equal(after[key % "gate"][:64], before[key % "gate"])
+        assert torch.equal(after[key % "up"][:64], before[key % "up"])
+        assert torch.equal(after[key % "down"][:, :64], before[key % "down"]) and not after[key % "down"][:, 64:].any()
+        assert after[key % "gate"][64:].abs().sum() > 0  # the new units' inputs are random, ready to learn
+    start, narrow_end = metrics(wide)[0], metrics(source)[-1]
+    for key in ("test/moe_top1", "test/contrastive_top1", "test/chain_tokens_per_step"):
+        assert start[key] == pytest.approx(narrow_end[key], abs=1e-6)
+    model = EaModel.from_pretrained(  # a widened head loads and drafts losslessly
+        str(workspace / "base"), str(wide / "state_0"), total_token=8, depth=3, top_k=2, dtype=torch.float32
+    )
+    assert model.ea_layer.layers[0].mlp_moe.experts[0].gate_proj.out_features == 96
+    ids = model.tokenizer("Question 3: what is 3 plus 3?", return_tensors="pt")["input_ids"]
+    assert torch.equal(
+        model.eagenerate(ids, max_new_tokens=12), model.base_model.generate(ids, max_new_tokens=12, do_sample=False)
+    )
+    with pytest.raises(ValueError, match="only widens experts"):
+        train(
+            workspace,
+            features,
+            workspace / "narrower",
+            "--num-epochs",
+            "1",
+            "--init-from",
+            str(wide / "state_0"),
+            "--expert-width",
+            "32",
         )
 
 

@@ -129,7 +129,8 @@ class MixtralSparseMoeBlock(nn.Module):
     The gate has ``num_local_experts + 2`` outputs: logits 0-1 weight the MoE sum
     ``w0*E0 + w1*E1``; logits 2-3 weight the contrastive difference
     ``u_hi*E_hi - u_lo*E_lo``, where "hi" is the expert with the larger of logits 2/3.
-    Experts are SwiGLU MLPs whose inner width is the hidden size (not ``intermediate_size``).
+    Experts are SwiGLU MLPs whose inner width is ``config.expert_width``: the hidden size as in the reference
+    (not ``intermediate_size``), or ``expert_intermediate_size`` where a config sets it.
 
     ``forward(h, both_branches)`` returns the MoE output ``[B,S,H]``, or ``[2,B,S,H]`` stacked
     (MoE, contrastive) when ``both_branches`` is true. It defaults to ``self.training``: training
@@ -141,7 +142,7 @@ class MixtralSparseMoeBlock(nn.Module):
         experts = config.num_local_experts
         self.gate = nn.Linear(config.hidden_size, experts + 2, bias=False)
         self.experts = nn.ModuleList(
-            LlamaMLP(config.hidden_size, config.hidden_size, config.hidden_act) for _ in range(experts)
+            LlamaMLP(config.hidden_size, config.expert_width, config.hidden_act) for _ in range(experts)
         )
 
     def forward(self, h: torch.Tensor, both_branches: bool | None = None) -> torch.Tensor:

@@ -35,6 +35,7 @@ _DEFAULTS: dict[str, Any] = {
     "bias": True,
     "num_local_experts": None,
     "num_experts_per_tok": None,
+    "expert_intermediate_size": None,
 }
 
 
@@ -66,6 +67,12 @@ class EConfig:
         """True for a Jakiro (Mixture-of-Experts) head, False for a dense EAGLE-2 head."""
         return bool(self.num_local_experts)
 
+    @property
+    def expert_width(self) -> int:
+        """Inner width of each Jakiro expert: ``expert_intermediate_size``, by default the hidden size
+        (the reference's, whose configs do not have the key)."""
+        return self.expert_intermediate_size or self.hidden_size
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""
         for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size", "intermediate_size"):
@@ -82,6 +89,9 @@ class EConfig:
                 f"draft config: num_local_experts={self.num_local_experts}; the Jakiro head is defined for exactly "
                 "2 experts (MoE weights from gate logits 0-1, contrastive weights from logits 2-3)"
             )
+        width = self.expert_intermediate_size
+        if width is not None and (not isinstance(width, int) or width <= 0):
+            raise ValueError(f"draft config: expert_intermediate_size must be a positive integer or null, got {width!r}")
         if self.is_moe and self.num_experts_per_tok is None:
             raise ValueError("draft config: a MoE head needs num_experts_per_tok next to num_local_experts")
         if self.rope_scaling is not None:
@@ -170,6 +180,8 @@ class EConfig:
     def to_dict(self) -> dict[str, Any]:
         """All fields, JSON-serialisable."""
         data = copy.deepcopy(vars(self))
+        if data.get("expert_intermediate_size") is None:  # the reference's width: its configs lack the key
+            data.pop("expert_intermediate_size", None)
         if not self.is_moe:
             data.pop("num_local_experts", None)
             data.pop("num_experts_per_tok", None)

@@ -142,6 +142,15 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         help="start from the weights of an existing head folder (e.g. a shipped head); its config is used "
         "unless --configpath is given",
     )
+    p.add_argument(
+        "--expert-width",
+        type=int,
+        default=None,
+        metavar="N",
+        help="inner width of each Jakiro expert (the config's expert_intermediate_size; default: the config's, "
+        "else the hidden size as in the reference); with --init-from, narrower experts are widened "
+        "function-preservingly (new units start with zero output weights)",
+    )
     p.add_argument("--eval-steps", type=int, default=0, help="also evaluate the held-out split every N optimizer steps")
     p.add_argument(
         "--eval-first",
@@ -191,6 +200,11 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error("--replay needs --split-from (the earlier run whose training conversations are replayed)")
     if args.replay is not None and args.replay < 0:
         p.error(f"--replay must be >= 0 (0: the new conversations only), got {args.replay}")
+    variant = variants.get(args.arch)
+    if args.expert_width is not None and not (variant.moe and variant.base_layer_init):  # SwiGLU experts
+        p.error(f"--expert-width applies to --arch jakiro (SwiGLU experts), not {args.arch}")
+    if args.expert_width is not None and args.expert_width <= 0:
+        p.error(f"--expert-width must be a positive integer, got {args.expert_width}")
     if args.ttt_length < 1:
         p.error(f"--ttt-length must be >= 1 (1: teacher-forced only), got {args.ttt_length}")
     if not args.ttt_decay > 0:
@@ -248,6 +262,8 @@ def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tenso
             )
     else:
         config = EConfig.from_base_config(base_config, moe=moe)
+    if args.expert_width is not None:
+        config = EConfig(**{**config.to_dict(), "expert_intermediate_size": args.expert_width})
     if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
         raise ValueError(
             f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "

@@ -125,9 +125,40 @@ def warm_start(
         expert.down_proj.weight[:, : len(units)] = 2 * out_scale * down[:, units]
 
 
+@torch.no_grad()
+def widen_experts(head: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each expert grown to ``head``'s inner width (``--expert-width``), function-preservingly.
+
+    The new inner units take ``head``'s own (random) ``gate/up`` rows and a zero ``down`` column: the widened
+    head computes exactly what the narrower one did, and the new units learn from the first step (the
+    ``down`` columns get gradients at once, the ``gate/up`` rows once those are non-zero).
+    """
+    own = head.state_dict()
+    widened = dict(state)
+    for key, weight in state.items():
+        if ".experts." not in key or key not in own or own[key].shape == weight.shape:
+            continue
+        target = own[key].clone().to(weight.dtype)
+        axis = 1 if key.endswith("down_proj.weight") else 0  # down: [hidden, inner]; gate/up: [inner, hidden]
+        narrow, wide = weight.shape[axis], target.shape[axis]
+        if weight.dim() != 2 or weight.shape[1 - axis] != target.shape[1 - axis] or narrow > wide:
+            raise ValueError(
+                f"{key}: {list(weight.shape)} cannot grow into the head's {list(target.shape)} "
+                "(--expert-width only widens experts)"
+            )
+        if axis:
+            target[:, narrow:] = 0
+            target[:, :narrow] = weight
+        else:
+            target[:narrow] = weight
+        widened[key] = target
+    return widened
+
+
 def init_from(head: nn.Module, folder: str) -> None:
-    """Load the weights of an existing head folder (``config.json`` + weights) into ``head``, strictly."""
-    state = read_state_dict(folder)
+    """Load the weights of an existing head folder (``config.json`` + weights) into ``head``, strictly; experts
+    narrower than ``head``'s are widened first (:func:`widen_experts`)."""
+    state = widen_experts(head, read_state_dict(folder))
     check_state_dict(head, state)
     state.pop("embed_tokens.weight", None)
     head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
