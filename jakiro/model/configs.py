@@ -91,7 +91,9 @@ class EConfig:
             )
         width = self.expert_intermediate_size
         if width is not None and (not isinstance(width, int) or width <= 0):
-            raise ValueError(f"draft config: expert_intermediate_size must be a positive integer or null, got {width!r}")
+            raise ValueError(
+                f"draft config: expert_intermediate_size must be a positive integer or null, got {width!r}"
+            )
         if self.is_moe and self.num_experts_per_tok is None:
             raise ValueError("draft config: a MoE head needs num_experts_per_tok next to num_local_experts")
         if self.rope_scaling is not None:
