@@ -1,6 +1,7 @@
 """Is the tuned tree (``total_token=-1``) as fast as the best tree of a grid? Measured on MT-bench first turns.
 
-    python benchmarks/tree_grid.py [--questions 5] [--max-new-tokens 64] [--ea-model-path DIR] [--out results/tree_grid]
+    python benchmarks/tree_grid.py [--questions 5] [--max-new-tokens 64] [--dtype float32] [--ea-model-path DIR]
+                                   [--out results/tree_grid]
 
 Every tree of the grid, the tuned one and plain ``generate`` decode the same prompts, interleaved prompt
 by prompt (a change in machine load hits all alike). Prints tokens/s and τ per tree, and the tuned
@@ -17,10 +18,25 @@ import time
 
 import torch
 
+from jakiro.device import DTYPE_CHOICES, resolve_dtype
 from jakiro.evaluation.bench import hardware, prompts
 from jakiro.model.ea_model import EaModel
 
-GRID = [(2, 1, 2), (4, 1, 4), (8, 1, 8), (8, 2, 4), (12, 2, 4), (12, 3, 3), (12, 4, 4), (16, 4, 4), (24, 5, 4)]
+GRID = [
+    (2, 1, 2),
+    (4, 1, 4),
+    (8, 1, 8),
+    (8, 2, 4),
+    (12, 2, 4),
+    (8, 3, 4),
+    (12, 3, 4),
+    (16, 3, 4),
+    (16, 3, 8),
+    (12, 4, 4),
+    (16, 4, 4),
+    (24, 4, 8),
+    (24, 5, 4),
+]
 
 
 def main(argv=None) -> None:
@@ -29,10 +45,17 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--ea-model-path", default=None, help="draft head folder (default: the shipped Jakiro head)")
     parser.add_argument("--question-file", default=None)
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_CHOICES,
+        help="base model dtype; float32 is exact; auto: bfloat16 where the hardware has native bf16 units",
+    )
     parser.add_argument("--out", default=os.path.join("results", "tree_grid"))
     args = parser.parse_args(argv)
 
-    model = EaModel.from_pretrained(None, args.ea_model_path, total_token=-1, dtype=torch.float32)
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
+    model = EaModel.from_pretrained(None, args.ea_model_path, total_token=-1, dtype=dtype)
     tuned = model.tree_choice.shape
     trees = {"tuned": (tuned.total_tokens, tuned.depth, tuned.branching)}
     for n, d, k in GRID:
@@ -62,7 +85,8 @@ def main(argv=None) -> None:
     rates = {name: t[0] / t[2] for name, t in totals.items()}
     best = max((name for name in trees if name != "tuned"), key=rates.get)
     lines = [
-        f"{time.strftime('%Y-%m-%d')}, {hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads, float32, "
+        f"{time.strftime('%Y-%m-%d')}, {hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
+        f"{str(dtype).removeprefix('torch.')}, "
         f"{args.questions} MT-bench first turns, {args.max_new_tokens} new tokens; tuned tree "
         f"{tuned.total_tokens}/{tuned.depth}/{tuned.branching} (predicted τ {model.tree_choice.tau:.2f}, "
         f"{model.tree_choice.tokens_per_s:.1f} tokens/s)",

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from jakiro.model.logits import BaseForward, project
+from jakiro.model.verification import greedy_tokens
 from jakiro.testing import prompt, tiny_base, tiny_ea_model
 
 
@@ -14,6 +15,19 @@ def test_project_is_the_linear_map(rows):
     weight, bias = torch.randn(500, 32, generator=generator), torch.randn(500, generator=generator)
     torch.testing.assert_close(project(x, weight, bias), torch.nn.functional.linear(x, weight, bias))
     torch.testing.assert_close(project(x[None], weight)[0], x @ weight.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_tokens_pick_the_first_maximum_as_argmax_does(dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(12, 49152).to(dtype)
+    logits[3, [100, 4000, 40000]] = 100  # ties: the first index wins
+    logits[5, [7, 49151]] = 100
+    logits[7] = 0  # a row of equal values
+    small = torch.randint(0, 3, (64, 500)).to(dtype)  # many ties everywhere
+    for x in (logits, small, logits[:, ::3]):  # and a strided view
+        assert torch.equal(greedy_tokens(x), x.argmax(-1))
+    assert greedy_tokens(logits)[[3, 5, 7]].tolist() == [100, 7, 0]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mixtral"])

@@ -37,7 +37,7 @@ from .drafter import Drafter
 from .grouped_attention import use_grouped_sdpa
 from .kv_cache import KVCache
 from .logits import BaseForward
-from .verification import prepare_logits_processor, target_probs, verify_greedy, verify_sampling
+from .verification import greedy_tokens, prepare_logits_processor, target_probs, verify_greedy, verify_sampling
 
 # Draft over (at most) this many of the most frequent tokens of the head's training data, when the
 # data ranked at least MIN_RANKED_TOKENS distinct tokens (a smaller ranking comes from too little data).
@@ -530,7 +530,7 @@ class EaModel(nn.Module):
     def _next_token(logits: torch.Tensor, processor, ids: torch.Tensor) -> torch.Tensor:
         """The base model's choice after ``ids``, shaped [1, 1]."""
         if processor is None:
-            return logits.argmax(-1).view(1, 1).to(ids.device)
+            return greedy_tokens(logits).view(1, 1).to(ids.device)
         return torch.multinomial(target_probs(logits, processor, ids), 1).view(1, 1).to(ids.device)
 
     @staticmethod
