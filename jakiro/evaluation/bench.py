@@ -426,12 +426,17 @@ def step_profile(name: str, temperature: float, t: Tally, alone: dict | None) ->
     forwards_ms = phases.get("base_forward", step_ms if name == "generate" else 0.0) + phases.get(
         "draft_head_forward", 0.0
     )
+    alone_ms = None
+    if name != "generate" and alone and alone.get("base_forward_ms") and alone.get("draft_call_ms"):
+        alone_ms = alone["base_forward_ms"] + alone["draft_call_ms"]
     return {
         "method": name,
         "temperature": temperature,
         "step_ms": round(step_ms, 2),
         "phases_ms": phases,
         "overhead_share": round(1 - forwards_ms / step_ms, 3) if name != "generate" else None,
+        # the step against its base forward and draft call timed alone (caches warm, nothing in between)
+        "above_alone": round(step_ms / alone_ms - 1, 3) if alone_ms else None,
         "alone": alone,
     }
 
@@ -493,11 +498,12 @@ def profile_markdown(profiles: list[dict]) -> str:
     """The step-split table: ms per step in each phase, the loop's overhead, the forwards timed alone."""
     lines = [
         "Step profile (ms per step; draft = head forwards + the rest of drafting; overhead = all but the base "
-        "and draft-head forwards; alone = the same forwards timed in isolation at the mean context)",
+        "and draft-head forwards; alone = the same forwards timed in isolation at the mean context; above alone = "
+        "the step against the base forward plus the draft call timed alone)",
         "",
         "| method | T | step | draft: head fwd | draft: rest | mask | base fwd | accept | commit | overhead | "
-        "alone: base fwd | alone: draft call | alone: 1-token fwd |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "alone: base fwd | alone: draft call | alone: 1-token fwd | above alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in profiles:
         ph = p["phases_ms"]
@@ -508,13 +514,14 @@ def profile_markdown(profiles: list[dict]) -> str:
         def cell(value):
             return "–" if value is None else f"{value:.1f}"
 
-        share = p["overhead_share"]
+        share, above = p["overhead_share"], p.get("above_alone")
         lines.append(
             f"| {p['method']} | {p['temperature']:g} | {p['step_ms']:.1f} | {cell(ph.get('draft_head_forward'))} | "
             f"{cell(rest)} | {cell(ph.get('mask'))} | {cell(ph.get('base_forward'))} | {cell(ph.get('accept'))} | "
             f"{cell(ph.get('commit'))} | {'–' if share is None else f'{share:.0%}'} | "
             f"{cell(alone.get('base_forward_ms'))} | {cell(alone.get('draft_call_ms'))} | "
-            f"{cell(alone.get('one_token_ms'))} |"
+            f"{cell(alone.get('one_token_ms'))} | "
+            f"{'–' if above is None else f'{above:+.0%}'} |"
         )
     return "\n".join(lines)
 
