@@ -1,7 +1,7 @@
 """Is the tuned tree (``total_token=-1``) as fast as the best tree of a grid? Measured on MT-bench first turns.
 
     python benchmarks/tree_grid.py [--questions 5] [--max-new-tokens 64] [--dtype float32] [--ea-model-path DIR]
-                                   [--out results/tree_grid]
+                                   [--trees 12/4/4 8/2/4 ...] [--out results/tree_grid]
 
 Every tree of the grid, the tuned one and plain ``generate`` decode the same prompts, interleaved prompt
 by prompt (a change in machine load hits all alike). Prints tokens/s and τ per tree, and the tuned
@@ -51,14 +51,29 @@ def main(argv=None) -> None:
         choices=DTYPE_CHOICES,
         help="base model dtype; float32 is exact; auto: bfloat16 where the hardware has native bf16 units",
     )
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        default=[f"{n}/{d}/{k}" for n, d, k in GRID],
+        metavar="N/D/K",
+        help="grid points as total_token/depth/top_k (default: a grid from 2 to 24 nodes)",
+    )
     parser.add_argument("--out", default=os.path.join("results", "tree_grid"))
     args = parser.parse_args(argv)
+    grid = []
+    for text in args.trees:
+        try:
+            n, d, k = (int(part) for part in text.split("/"))
+        except ValueError:
+            parser.error(f"--trees: {text!r} is not total_token/depth/top_k (e.g. 12/4/4)")
+        grid.append((n, d, k))
 
     dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     model = EaModel.from_pretrained(None, args.ea_model_path, total_token=-1, dtype=dtype)
-    tuned = model.tree_choice.shape
+    choice = model.tree_choice  # set_tree below replaces it
+    tuned = choice.shape
     trees = {"tuned": (tuned.total_tokens, tuned.depth, tuned.branching)}
-    for n, d, k in GRID:
+    for n, d, k in grid:
         if n <= 1 + k + d * k * k:
             trees[f"{n}/{d}/{k}"] = (n, d, k)
     inputs = prompts(
@@ -88,8 +103,8 @@ def main(argv=None) -> None:
         f"{time.strftime('%Y-%m-%d')}, {hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
         f"{str(dtype).removeprefix('torch.')}, "
         f"{args.questions} MT-bench first turns, {args.max_new_tokens} new tokens; tuned tree "
-        f"{tuned.total_tokens}/{tuned.depth}/{tuned.branching} (predicted τ {model.tree_choice.tau:.2f}, "
-        f"{model.tree_choice.tokens_per_s:.1f} tokens/s)",
+        f"{tuned.total_tokens}/{tuned.depth}/{tuned.branching} (predicted τ {choice.tau:.2f}, "
+        f"{choice.tokens_per_s:.1f} tokens/s)",
         "",
         "| tree (total/depth/top_k) | τ | tokens/s | vs generate |",
         "|---|---|---|---|",
