@@ -252,3 +252,13 @@ def test_shipped_training_configs_build(name):
     config = EConfig.from_pretrained(TRAIN_CONFIGS / name)
     head = meta_head(vars(config))
     assert config.is_moe and "layers.0.mlp_moe.gate.weight" in shapes(head)
+
+
+@pytest.mark.parametrize("length,past", [(1, 0), (1, 7), (3, 0), (3, 90), (5, 2)])
+def test_causal_mask_lets_each_new_position_see_the_past_and_itself(length, past):
+    from jakiro.model.cnets import causal_mask
+
+    mask = causal_mask(length, past, torch.float32, torch.device("cpu"))
+    allowed = torch.ones(length, past + length, dtype=torch.bool).tril(diagonal=past)
+    assert mask.shape == (1, 1, length, past + length)
+    assert torch.equal(mask[0, 0] == 0, allowed) and (mask[0, 0][~allowed] == torch.finfo(torch.float32).min).all()

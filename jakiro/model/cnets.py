@@ -305,7 +305,8 @@ class Model(nn.Module):
         for i, layer in enumerate(self.layers):
             cache = caches[i] if caches is not None else self.kv_cache[i] if use_cache else None
             last_layer = i == len(self.layers) - 1
-            x = layer(x, cos_sin, attention_mask, cache, both, last_only=last_only and last_layer)
+            # a deeper head passes its MoE branch on; only the last layer's block yields both branches
+            x = layer(x, cos_sin, attention_mask, cache, both and last_layer, last_only=last_only and last_layer)
         return x
 
     def set_draft_vocab(self, token_ids: torch.Tensor | None, lm_head: nn.Module | None = None) -> None:
@@ -362,7 +363,10 @@ class Model(nn.Module):
 
 def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Additive mask ``[1,1,length,past+length]``: every query sees the past and earlier new positions."""
-    allowed = torch.ones(length, past + length, dtype=torch.bool, device=device).tril(diagonal=past)
+    # key j is visible to the query at position q when j <= q; comparing two ranges is much cheaper on a CPU
+    # than ``tril`` of a boolean matrix (docs/perf_log.md)
+    positions = torch.arange(past + length, device=device)
+    allowed = positions[None, :] <= positions[past:, None]
     return additive_mask(allowed, dtype)[None, None]
 
 
