@@ -142,6 +142,9 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--expert-width", "0"], "--expert-width must be a positive integer"),
         (["--expert-width", "96", "--arch", "eagle2"], "--expert-width applies to --arch jakiro"),
         (["--expert-width", "96", "--arch", "jakiro_star"], "--expert-width applies to --arch jakiro"),
+        (["--num-layers", "0"], "--num-layers must be >= 1"),
+        (["--num-layers", "2", "--arch", "jakiro_star"], "--num-layers applies to --arch jakiro and eagle2"),
+        (["--num-layers", "2", "--warm-start-layer"], "leave --num-layers at 1"),
     ):
         with pytest.raises(SystemExit):
             train_module.parse_args(base + extra)
@@ -250,6 +253,46 @@ def test_expert_width_widens_an_init_from_head_without_changing_what_it_computes
             str(wide / "state_0"),
             "--expert-width",
             "32",
+        )
+
+
+@pytest.mark.parametrize("arch", ["eagle2", "jakiro"])
+def test_num_layers_deepens_an_init_from_head_without_changing_its_drafts(workspace, features, arch):  # noqa: F811
+    source = workspace / f"shallow-{arch}"
+    train(workspace, features, source, "--num-epochs", "1", "--arch", arch)
+    deep = workspace / f"deep-{arch}"  # lr 0: the deepened head is saved as it started
+    common = ["--num-epochs", "1", "--arch", arch, "--init-from", str(source / "state_0"), "--lr", "0"]
+    train(workspace, features, deep, *common, "--eval-first", "--num-layers", "2")
+    assert EConfig.from_pretrained(deep / "state_0").num_hidden_layers == 2
+    before, after = (load_file(str(d / "state_0" / "model.safetensors")) for d in (source, deep))
+    assert all(torch.equal(after[k], before[k]) for k in before)  # the first layer and fc as they were
+    added = [k for k in after if k.startswith("layers.1.")]
+    assert added and all(not after[k].any() for k in added if k.endswith(("o_proj.weight", "down_proj.weight")))
+    assert after["layers.1.self_attn.q_proj.weight"].abs().sum() > 0  # the rest starts random, ready to learn
+    start, shallow_end = metrics(deep)[0], metrics(source)[-1]
+    for key in ("test/moe_top1", "test/chain_tokens_per_step"):  # the MoE branch and its chain are unchanged
+        assert start[key] == pytest.approx(shallow_end[key], abs=1e-6)
+    model = EaModel.from_pretrained(  # a two-layer head loads and drafts losslessly (Jakiro: hybrid last level)
+        str(workspace / "base"), str(deep / "state_0"), total_token=8, depth=3, top_k=2, dtype=torch.float32
+    )
+    assert len(model.ea_layer.layers) == 2
+    ids = model.tokenizer("Question 3: what is 3 plus 3?", return_tensors="pt")["input_ids"]
+    assert torch.equal(
+        model.eagenerate(ids, max_new_tokens=12), model.base_model.generate(ids, max_new_tokens=12, do_sample=False)
+    )
+    with pytest.raises(ValueError, match="only adds layers"):
+        train(
+            workspace,
+            features,
+            workspace / f"shallower-{arch}",
+            "--num-epochs",
+            "1",
+            "--arch",
+            arch,
+            "--init-from",
+            str(deep / "state_0"),
+            "--num-layers",
+            "1",
         )
 
 

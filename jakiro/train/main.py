@@ -151,6 +151,15 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         "else the hidden size as in the reference); with --init-from, narrower experts are widened "
         "function-preservingly (new units start with zero output weights)",
     )
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="decoder layers in the head (the config's num_hidden_layers; default: the config's, 1 in the "
+        "reference); with --init-from, a shallower head gets new last layers whose output projections start "
+        "at zero, so it starts computing what it did",
+    )
     p.add_argument("--eval-steps", type=int, default=0, help="also evaluate the held-out split every N optimizer steps")
     p.add_argument(
         "--eval-first",
@@ -203,6 +212,12 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
     variant = variants.get(args.arch)
     if args.expert_width is not None and not (variant.moe and variant.base_layer_init):  # SwiGLU experts
         p.error(f"--expert-width applies to --arch jakiro (SwiGLU experts), not {args.arch}")
+    if args.num_layers not in (None, 1) and not variant.base_layer_init:  # SwiGLU layers (o_proj, down_proj)
+        p.error(f"--num-layers applies to --arch jakiro and eagle2, not {args.arch}")
+    if args.num_layers is not None and args.num_layers < 1:
+        p.error(f"--num-layers must be >= 1, got {args.num_layers}")
+    if args.num_layers is not None and args.warm_start_layer is not None and args.num_layers != 1:
+        p.error("--warm-start-layer starts a one-layer head: leave --num-layers at 1")
     if args.expert_width is not None and args.expert_width <= 0:
         p.error(f"--expert-width must be a positive integer, got {args.expert_width}")
     if args.ttt_length < 1:
@@ -264,6 +279,8 @@ def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tenso
         config = EConfig.from_base_config(base_config, moe=moe)
     if args.expert_width is not None:
         config = EConfig(**{**config.to_dict(), "expert_intermediate_size": args.expert_width})
+    if args.num_layers is not None:
+        config = EConfig(**{**config.to_dict(), "num_hidden_layers": args.num_layers})
     if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
         raise ValueError(
             f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "

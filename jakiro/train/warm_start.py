@@ -155,10 +155,36 @@ def widen_experts(head: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, 
     return widened
 
 
+@torch.no_grad()
+def add_layers(head: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the decoder layers it lacks taken from ``head`` (``--num-layers``), function-preservingly.
+
+    Each added layer keeps ``head``'s own (random) weights except its output projections (attention ``o_proj``,
+    the MLP's or every expert's ``down_proj``), which start at zero: the layer adds nothing to its input, so
+    the deeper head computes what ``state``'s head did, and the new layer learns from the first step. On a
+    Jakiro head the contrastive branch moves to the new last layer, where it starts as the MoE branch.
+    """
+    present = {int(key.split(".")[1]) for key in state if key.startswith("layers.")}
+    if not present:
+        return state
+    if max(present) >= len(head.layers):
+        raise ValueError(
+            f"the weights have {max(present) + 1} decoder layers, the head {len(head.layers)} "
+            "(--num-layers only adds layers)"
+        )
+    grown = dict(state)
+    for key, weight in head.state_dict().items():
+        if key.startswith("layers.") and int(key.split(".")[1]) not in present:
+            output = key.endswith(("o_proj.weight", "down_proj.weight"))
+            grown[key] = torch.zeros_like(weight) if output else weight.clone()
+    return grown
+
+
 def init_from(head: nn.Module, folder: str) -> None:
     """Load the weights of an existing head folder (``config.json`` + weights) into ``head``, strictly; experts
-    narrower than ``head``'s are widened first (:func:`widen_experts`)."""
-    state = widen_experts(head, read_state_dict(folder))
+    narrower than ``head``'s are widened (:func:`widen_experts`) and missing layers added (:func:`add_layers`)
+    first."""
+    state = add_layers(head, widen_experts(head, read_state_dict(folder)))
     check_state_dict(head, state)
     state.pop("embed_tokens.weight", None)
     head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
