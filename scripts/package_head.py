@@ -82,6 +82,13 @@ def main() -> None:
         action="store_true",
         help="the data's replies are SmolLM2's own greedy answers (ge_data --regenerate)",
     )
+    parser.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=256,
+        help="the most tokens of a self-distilled reply (the recipe's REPLY_TOKENS, ge_data's "
+        "--regenerate-max-new-tokens; default 256, the recipe's)",
+    )
     parser.add_argument("--tau-file", default=None, help="results of benchmarks/mtbench_tau.py (several sets: --sets)")
     parser.add_argument("--lr", default=None, help="the peak lr (default: the last run's args.json, else 3e-4)")
     parser.add_argument(
@@ -150,7 +157,7 @@ def main() -> None:
     }[args.arch]
     replies = (
         "the assistant replies replaced by SmolLM2's own greedy answers to the first user turn "
-        "(`--regenerate --regenerate-turns 1`, at most 256 tokens; self-distillation)"
+        f"(`--regenerate --regenerate-turns 1`, at most {args.reply_tokens} tokens; self-distillation)"
         if args.regenerated
         else "the original ShareGPT replies"
     )
@@ -163,7 +170,8 @@ def main() -> None:
         found, more_tokens, more_learned, start, end = distilled
         data_text += (
             f"; then conversations from positions {start}-{end - 1} with the reply replaced by SmolLM2's own greedy "
-            f"answer to the first user turn (self-distillation: the recipe's `REGENERATE_FROM`, at most 256 tokens): "
+            f"answer to the first user turn (self-distillation: the recipe's `REGENERATE_FROM`, at most "
+            f"{args.reply_tokens} tokens): "
             f"**{found} conversations, {more_tokens:,} tokens, {more_learned:,} learned tokens**"
         )
 
