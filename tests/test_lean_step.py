@@ -94,5 +94,5 @@ def test_step_timer_splits_every_step_into_its_phases():
     tally.profile = timer.per_step_ms()
     row = step_profile("jakiro", 0.0, tally, {"base_forward_ms": 1.0, "draft_call_ms": 1.0, "one_token_ms": 1.0})
     assert 0 <= row["overhead_share"] < 1
-    assert row["above_alone"] == pytest.approx(row["step_ms"] / 2.0 - 1, abs=1e-3)  # alone: 1 + 1 ms
+    assert row["above_alone"] == pytest.approx(row["step_ms"] / 2.0 - 1, abs=5e-3)  # alone: 1 + 1 ms (both rounded)
     assert "| jakiro | 0 |" in profile_markdown([row]) and f"| {row['above_alone']:+.0%} |" in profile_markdown([row])

@@ -52,9 +52,9 @@ def target_probs(logits: torch.Tensor, processor: LogitsProcessorList, prefix: t
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(-1)``: the first maximal index of each row, as ``argmax`` and ``generate`` pick it.
 
-    Computed as ``max(-1).indices`` (the same first index, ties included): on a CPU that kernel was 4x faster
-    than ``argmax`` for 12 rows of 49,152 logits (torch 2.13, one thread: bf16 0.71 against 3.25 ms, float32
-    0.29 against 1.23 ms; ``docs/perf_log.md``).
+    Computed as ``max(-1).indices`` (the same first index, ties included): on a CPU that kernel was about 5x
+    faster than ``argmax`` for 12 rows of 49,152 bf16 logits (torch 2.13, 2 threads: 0.22 against 1.05 ms;
+    ``docs/perf_log.md``).
     """
     return logits.max(dim=-1).indices
 

@@ -209,17 +209,9 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error("--replay needs --split-from (the earlier run whose training conversations are replayed)")
     if args.replay is not None and args.replay < 0:
         p.error(f"--replay must be >= 0 (0: the new conversations only), got {args.replay}")
-    variant = variants.get(args.arch)
-    if args.expert_width is not None and not (variant.moe and variant.base_layer_init):  # SwiGLU experts
-        p.error(f"--expert-width applies to --arch jakiro (SwiGLU experts), not {args.arch}")
-    if args.num_layers not in (None, 1) and not variant.base_layer_init:  # SwiGLU layers (o_proj, down_proj)
-        p.error(f"--num-layers applies to --arch jakiro and eagle2, not {args.arch}")
-    if args.num_layers is not None and args.num_layers < 1:
-        p.error(f"--num-layers must be >= 1, got {args.num_layers}")
+    check_shape_flags(p, args)
     if args.num_layers is not None and args.warm_start_layer is not None and args.num_layers != 1:
         p.error("--warm-start-layer starts a one-layer head: leave --num-layers at 1")
-    if args.expert_width is not None and args.expert_width <= 0:
-        p.error(f"--expert-width must be a positive integer, got {args.expert_width}")
     if args.ttt_length < 1:
         p.error(f"--ttt-length must be >= 1 (1: teacher-forced only), got {args.ttt_length}")
     if not args.ttt_decay > 0:
@@ -228,6 +220,19 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
+
+
+def check_shape_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--expert-width`` and ``--num-layers``: positive, and only for heads whose layers they can grow."""
+    variant = variants.get(args.arch)
+    if args.expert_width is not None and not (variant.moe and variant.base_layer_init):  # SwiGLU experts
+        p.error(f"--expert-width applies to --arch jakiro (SwiGLU experts), not {args.arch}")
+    if args.num_layers not in (None, 1) and not variant.base_layer_init:  # SwiGLU layers (o_proj, down_proj)
+        p.error(f"--num-layers applies to --arch jakiro and eagle2, not {args.arch}")
+    if args.num_layers is not None and args.num_layers < 1:
+        p.error(f"--num-layers must be >= 1, got {args.num_layers}")
+    if args.expert_width is not None and args.expert_width <= 0:
+        p.error(f"--expert-width must be a positive integer, got {args.expert_width}")
 
 
 def resolve_mixed_precision(setting: str | None) -> str | None:

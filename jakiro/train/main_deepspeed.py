@@ -20,7 +20,7 @@ import torch
 
 from ..model.checkpoint import save_draft_head
 from .data import FeatureDataset, collate, sample_files, split
-from .main import archs, draft_config, head_class, load_frozen_base_parts, training_loss
+from .main import archs, check_shape_flags, draft_config, head_class, load_frozen_base_parts, training_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,12 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--ttt-length", type=int, default=1, help="unrolled steps, as in jakiro.train.main")
     p.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight decay per unrolled step")
+    p.add_argument("--expert-width", type=int, default=None, help="Jakiro expert width, as in jakiro.train.main")
+    p.add_argument("--num-layers", type=int, default=None, help="decoder layers, as in jakiro.train.main")
     p.add_argument("--save-dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--local_rank", type=int, default=-1)
     p = deepspeed.add_config_arguments(p)
     args = p.parse_args(argv)
     if args.ttt_length < 1:
         p.error(f"--ttt-length must be >= 1 (1: teacher-forced only), got {args.ttt_length}")
+    check_shape_flags(p, args)
     return args
 
 
