@@ -19,8 +19,9 @@ tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf1
 existing head), ``--ttt-length N`` (also train on the head's own predictions N-1 steps deep, as it drafts),
 ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
 ``--eval-first`` adds step 0), ``--split-from CKPT`` (keep an earlier run's held-out files held out when the data
-grows; ``--replay R`` trains on the new files plus R times as many earlier ones) and ``--time-budget``
-(prints the steps and tokens that fit, measured on a few steps, before training).
+grows; ``--replay R`` trains on the new files plus R times as many earlier ones), ``--time-budget``
+(prints the steps and tokens that fit, measured on a few steps, before training) and ``--expert-width N`` /
+``--num-layers N`` (the head's shape; an ``--init-from`` head is grown to it function-preservingly).
 """
 
 from __future__ import annotations
