@@ -23,19 +23,19 @@ from jakiro.evaluation.bench import hardware, prompts
 from jakiro.model.ea_model import EaModel
 
 GRID = [
-    (2, 1, 2),
-    (4, 1, 4),
-    (8, 1, 8),
-    (8, 2, 4),
-    (12, 2, 4),
-    (8, 3, 4),
-    (12, 3, 4),
-    (16, 3, 4),
-    (16, 3, 8),
-    (12, 4, 4),
-    (16, 4, 4),
-    (24, 4, 8),
-    (24, 5, 4),
+    "2/1/2",
+    "4/1/4",
+    "8/1/8",
+    "8/2/4",
+    "12/2/4",
+    "8/3/4",
+    "12/3/4",
+    "16/3/4",
+    "16/3/8",
+    "12/4/4",
+    "16/4/4",
+    "24/4/8",
+    "24/5/4",
 ]
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--trees",
         nargs="+",
-        default=[f"{n}/{d}/{k}" for n, d, k in GRID],
+        default=GRID,
         metavar="N/D/K",
         help="grid points as total_token/depth/top_k (default: a grid from 2 to 24 nodes)",
     )

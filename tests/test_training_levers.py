@@ -215,6 +215,18 @@ def test_init_from_starts_at_the_given_head_and_budget_projection_leaves_trainin
         )
 
 
+def loads_and_drafts_losslessly(workspace, state) -> EaModel:  # noqa: F811
+    """The head folder ``state`` on the tiny base model: its greedy drafts give ``generate``'s tokens."""
+    model = EaModel.from_pretrained(
+        str(workspace / "base"), str(state), total_token=8, depth=3, top_k=2, dtype=torch.float32
+    )
+    ids = model.tokenizer("Question 3: what is 3 plus 3?", return_tensors="pt")["input_ids"]
+    assert torch.equal(
+        model.eagenerate(ids, max_new_tokens=12), model.base_model.generate(ids, max_new_tokens=12, do_sample=False)
+    )
+    return model
+
+
 def test_expert_width_widens_an_init_from_head_without_changing_what_it_computes(workspace, features):  # noqa: F811
     source = workspace / "narrow"
     train(workspace, features, source, "--num-epochs", "1")
@@ -234,14 +246,8 @@ def test_expert_width_widens_an_init_from_head_without_changing_what_it_computes
     start, narrow_end = metrics(wide)[0], metrics(source)[-1]
     for key in ("test/moe_top1", "test/contrastive_top1", "test/chain_tokens_per_step"):
         assert start[key] == pytest.approx(narrow_end[key], abs=1e-6)
-    model = EaModel.from_pretrained(  # a widened head loads and drafts losslessly
-        str(workspace / "base"), str(wide / "state_0"), total_token=8, depth=3, top_k=2, dtype=torch.float32
-    )
+    model = loads_and_drafts_losslessly(workspace, wide / "state_0")
     assert model.ea_layer.layers[0].mlp_moe.experts[0].gate_proj.out_features == 96
-    ids = model.tokenizer("Question 3: what is 3 plus 3?", return_tensors="pt")["input_ids"]
-    assert torch.equal(
-        model.eagenerate(ids, max_new_tokens=12), model.base_model.generate(ids, max_new_tokens=12, do_sample=False)
-    )
     with pytest.raises(ValueError, match="only widens experts"):
         train(
             workspace,
@@ -272,14 +278,8 @@ def test_num_layers_deepens_an_init_from_head_without_changing_its_drafts(worksp
     start, shallow_end = metrics(deep)[0], metrics(source)[-1]
     for key in ("test/moe_top1", "test/chain_tokens_per_step"):  # the MoE branch and its chain are unchanged
         assert start[key] == pytest.approx(shallow_end[key], abs=1e-6)
-    model = EaModel.from_pretrained(  # a two-layer head loads and drafts losslessly (Jakiro: hybrid last level)
-        str(workspace / "base"), str(deep / "state_0"), total_token=8, depth=3, top_k=2, dtype=torch.float32
-    )
+    model = loads_and_drafts_losslessly(workspace, deep / "state_0")  # Jakiro: the hybrid last level too
     assert len(model.ea_layer.layers) == 2
-    ids = model.tokenizer("Question 3: what is 3 plus 3?", return_tensors="pt")["input_ids"]
-    assert torch.equal(
-        model.eagenerate(ids, max_new_tokens=12), model.base_model.generate(ids, max_new_tokens=12, do_sample=False)
-    )
     with pytest.raises(ValueError, match="only adds layers"):
         train(
             workspace,
