@@ -40,12 +40,11 @@ def main() -> None:
         draft_config,
         draft_vocab,
         evaluate,
-        head_class,
         load_frozen_base_parts,
+        make_head,
         parse_args,
         resolve_mixed_precision,
     )
-    from jakiro.train.warm_start import init_from
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tmpdir", required=True, help="the data root the run trained from")
@@ -85,10 +84,7 @@ def main() -> None:
         train_args = parse_args(["--tmpdir", args.tmpdir, "--cpdir", "unused", "--arch", arch, "--init-from", state])
         train_args.configpath, train_args.max_len = state, args.max_len
         train_args.draft_vocab_size = args.draft_vocab_size
-        config = draft_config(train_args, base_config, head_weight)
-        embedding = torch.nn.Embedding.from_pretrained(embedding_weight, freeze=True)
-        model = head_class(arch)(config, embed_tokens=embedding)
-        init_from(model, state)
+        model = make_head(train_args, draft_config(train_args, base_config, head_weight), embedding_weight)
         ranking = read_draft_vocab(state)
         vocab = draft_vocab(head_weight, ranking, train_args.draft_vocab_size) if ranking is not None else None
         for source, found in files.items():

@@ -295,6 +295,16 @@ def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tenso
     return config
 
 
+def make_head(args: argparse.Namespace, config: EConfig, embedding_weight: torch.Tensor) -> Model:
+    """An ``--arch`` head of ``config`` on the frozen base embedding, holding ``--init-from``'s weights if given
+    (grown to ``config``'s expert width and depth, see ``warm_start.init_from``)."""
+    embedding = torch.nn.Embedding.from_pretrained(embedding_weight, freeze=True)
+    model = head_class(args.arch)(config, embed_tokens=embedding)
+    if args.init_from:
+        init_from(model, args.init_from)
+    return model
+
+
 def branch_terms(
     predict, target, mask, head_weight, shift: int = 0, vocab: DraftVocab | None = None, exact: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -437,8 +447,7 @@ def run(args: argparse.Namespace) -> None:
 
     device = accelerator.device
     head_weight = head_weight.to(device)
-    embedding = torch.nn.Embedding.from_pretrained(embedding_weight.to(device), freeze=True)
-    model = head_class(args.arch)(config, embed_tokens=embedding)
+    model = make_head(args, config, embedding_weight.to(device))
     train_files, test_files, trained_earlier, split_note = choose_split(args)
     train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
     start = "random"
@@ -451,7 +460,6 @@ def run(args: argparse.Namespace) -> None:
             f"{residual:.1f}, feature RMS {feature_scale(final_norm):.2f})"
         )
     elif args.init_from:
-        init_from(model, args.init_from)
         start = args.init_from
     model.to(device)
     ranking = token_ranking(train_files)  # saved with every state (the draft sub-vocabulary) and for the loss
