@@ -88,7 +88,9 @@ def main() -> None:
         ranking = read_draft_vocab(state)
         vocab = draft_vocab(head_weight, ranking, train_args.draft_vocab_size) if ranking is not None else None
         for source, found in files.items():
-            loader = DataLoader(FeatureDataset(found, args.max_len), batch_size=4, collate_fn=collate)
+            loader = DataLoader(
+                FeatureDataset(found, args.max_len, model.config.feature_layers), batch_size=4, collate_fn=collate
+            )
             out = evaluate(accelerator, model, loader, head_weight, train_args, vocab)
             steps = " / ".join(f"{out[f'test/{k}_acc']:.2f}" for k in range(train_args.rollout_steps))
             contrastive = out.get("test/contrastive_top1")

@@ -112,7 +112,7 @@ def workspace(tmp_path_factory, tokenizer):
     return root
 
 
-def ge_data(workspace, outdir, start, end):
+def ge_data(workspace, outdir, start, end, *extra):
     ge_data_module.main(
         "chat_template",
         [
@@ -128,6 +128,7 @@ def ge_data(workspace, outdir, start, end):
             "0",
             "--outdir",
             str(outdir),
+            *extra,
         ],
     )
 
@@ -137,13 +138,13 @@ def test_ge_data_writes_samples_and_resumes_after_a_crash(workspace, monkeypatch
     real_save = ge_data_module.save_sample
     calls = []
 
-    def crash_on_fourth(path, sample):
+    def crash_on_fourth(path, sample, metadata=None):
         calls.append(path)
         if len(calls) == 4:
             with open(path + ".tmp", "wb") as f:
                 f.write(b"half a file")
             raise KeyboardInterrupt("killed")
-        real_save(path, sample)
+        real_save(path, sample, metadata)
 
     monkeypatch.setattr(ge_data_module, "save_sample", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):

@@ -5,7 +5,9 @@
 
 Each conversation i of the (seeded, shuffled) data in ``[start, end)`` becomes
 ``OUT/<index>/data_<i>.safetensors`` holding ``input_ids`` [L] int64, ``hidden_state`` [L, H] (the
-base model's final-norm features) and ``loss_mask`` [L] int64 (1 on assistant tokens). Files are
+base model's final-norm features) and ``loss_mask`` [L] int64 (1 on assistant tokens); with
+``--feature-layers`` also ``aux_hidden_state`` [L, n*H], the outputs of those decoder layers (for an
+EAGLE-3-style head, see ``jakiro.model.taps``; ``jakiro.ge_data.layer_features`` adds them to existing files). Files are
 written atomically; a rerun skips finished ones, so an interrupted run loses at most one sample
 (one batch of ``--regenerate-batch-size`` conversations with ``--regenerate``).
 """
@@ -18,10 +20,36 @@ import random
 
 import torch
 
+from ..model.taps import LayerTaps, check_feature_layers
 from .conversations import load_conversations
 from .templates import TEMPLATES, prompt_ids, tokenize_with_mask
 
 SHUFFLE_SEED = 42
+AUX_KEY = "aux_hidden_state"  # the tapped layers' outputs, concatenated
+LAYERS_META = "feature_layers"  # the file's metadata entry naming them, e.g. "2,15"
+
+
+def default_feature_layers(num_layers: int) -> list[int]:
+    """A low and a middle decoder layer (EAGLE-3 reads layers 2 and L/2 besides the last one)."""
+    return sorted({min(2, num_layers - 2), min(num_layers // 2, num_layers - 2)})
+
+
+def parse_feature_layers(text: str | None, num_layers: int) -> list[int] | None:
+    """``--feature-layers``: "auto" (``default_feature_layers``), "2,15", or None/"" for none."""
+    if not text:
+        return None
+    if text == "auto":
+        return default_feature_layers(num_layers)
+    try:
+        layers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--feature-layers {text!r}: expected 'auto' or comma-separated layer indices") from None
+    return check_feature_layers(layers, num_layers)
+
+
+def layers_meta(layers: list[int]) -> dict[str, str]:
+    """The safetensors metadata that records which layers ``aux_hidden_state`` holds."""
+    return {LAYERS_META: ",".join(map(str, layers))}
 
 
 def parse_args(template: str | None, argv=None) -> argparse.Namespace:
@@ -63,6 +91,12 @@ def parse_args(template: str | None, argv=None) -> argparse.Namespace:
         help="conversations whose replies are generated together (an interruption loses at most these)",
     )
     parser.add_argument("--no-shuffle", action="store_true", help="take conversations in file order")
+    parser.add_argument(
+        "--feature-layers",
+        default=None,
+        help="also record these decoder layers' outputs for a head with intermediate-layer features: "
+        "'auto' (a low and a middle layer) or indices like 2,15",
+    )
     args = parser.parse_args(argv)
     if template is not None:
         args.template = template
@@ -136,12 +170,12 @@ def first_exchanges(messages: list[dict], turns: int) -> list[dict]:
     return messages
 
 
-def save_sample(path: str, sample: dict[str, torch.Tensor]) -> None:
+def save_sample(path: str, sample: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write one safetensors file atomically."""
     from safetensors.torch import save_file
 
     tmp = path + ".tmp"
-    save_file({k: v.contiguous() for k, v in sample.items()}, tmp)
+    save_file({k: v.contiguous() for k, v in sample.items()}, tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -170,6 +204,8 @@ def main(template: str | None = None, argv=None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.basepath)
     model = AutoModelForCausalLM.from_pretrained(args.basepath, dtype=dtype, device_map=device).eval()
     save_dtype = getattr(torch, args.save_dtype)
+    feature_layers = parse_feature_layers(args.feature_layers, model.config.get_text_config().num_hidden_layers)
+    taps = LayerTaps(model.get_decoder(), feature_layers) if feature_layers else None
     skipped = 0
     batch_size = args.regenerate_batch_size if args.regenerate else 1
     progress = tqdm(total=len(pending), desc=f"ge_data {args.template} [{args.index}]")
@@ -198,7 +234,10 @@ def main(template: str | None = None, argv=None) -> None:
                 "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype),
                 "loss_mask": loss_mask,
             }
-            save_sample(os.path.join(folder, f"data_{i}.safetensors"), sample)
+            if taps is not None:
+                sample[AUX_KEY] = taps.take()[0].to("cpu", save_dtype)
+            path = os.path.join(folder, f"data_{i}.safetensors")
+            save_sample(path, sample, layers_meta(feature_layers) if taps else None)
     progress.close()
     if skipped:
         print(f"{skipped} conversations had no assistant token within {args.max_len} tokens and were skipped")

@@ -101,6 +101,10 @@ def check_fits_base(config: EConfig, base_model: nn.Module) -> None:
         problems.append(f"vocabulary: draft {config.vocab_size}, base model lm_head {lm_head.shape[0]}")
     if config.vocab_size != embedding.shape[0]:
         problems.append(f"vocabulary: draft {config.vocab_size}, base model embedding {embedding.shape[0]}")
+    if config.feature_layers:
+        layers = base_model.config.get_text_config().num_hidden_layers
+        if max(config.feature_layers) >= layers:
+            problems.append(f"feature_layers {config.feature_layers}: the base model has {layers} decoder layers")
     if problems:
         raise ValueError("draft head does not fit the base model: " + "; ".join(problems))
 

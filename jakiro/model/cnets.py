@@ -1,5 +1,8 @@
 """The Jakiro draft head: ``fc`` over [token embedding ; base feature], one decoder layer, MoE MLP.
 
+A config with ``feature_layers`` adds ``fuse``: the base feature is then the final-norm features together
+with the outputs of those base layers (EAGLE-3's fused features, arXiv 2503.01840), mapped to one feature.
+
 Parameter names follow the released checkpoints (``fc``, ``layers.0.self_attn.*``,
 ``layers.0.post_attention_layernorm``, ``layers.0.mlp_moe.{gate,experts.*}``). A config without
 ``num_local_experts`` gives the dense EAGLE-2 head (``layers.0.mlp.*`` with the base model's
@@ -225,6 +228,10 @@ class Model(nn.Module):
             embed_tokens.weight.requires_grad_(False)
         self.set_embedding(embed_tokens)
         self.fc = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=bool(config.bias))
+        self.fuse = None
+        if config.feature_layers:
+            self.fuse = nn.Linear(config.feature_width, config.hidden_size, bias=False)
+            reset_fusion(self.fuse)
         self.layers = nn.ModuleList(DecoderLayer(config, i, self.moe_block) for i in range(config.num_hidden_layers))
         self.rotary = RotaryEmbedding(config)
         self.kv_cache: list[KVCacheLayer] | None = None
@@ -300,7 +307,7 @@ class Model(nn.Module):
         if attention_mask is None and length > 1:
             attention_mask = causal_mask(length, past, hidden_states.dtype, hidden_states.device)
         cos_sin = self.rotary(position_ids, hidden_states.dtype)
-        x = self.fc(torch.cat((embeds, hidden_states), dim=-1))
+        x = self.fc(torch.cat((embeds, self.fuse_features(hidden_states)), dim=-1))
         both = self.two_branches and (self.training or penult_forward)
         for i, layer in enumerate(self.layers):
             cache = caches[i] if caches is not None else self.kv_cache[i] if use_cache else None
@@ -308,6 +315,22 @@ class Model(nn.Module):
             # a deeper head passes its MoE branch on; only the last layer's block yields both branches
             x = layer(x, cos_sin, attention_mask, cache, both and last_layer, last_only=last_only and last_layer)
         return x
+
+    def fuse_features(self, features: torch.Tensor) -> torch.Tensor:
+        """One feature [..., H] per position: the head's own features pass through; base features with tapped
+        layers [..., (n+1)*H] (layers first, final-norm features last) go through ``fuse``, each tapped layer
+        RMS-normalised first (a residual stream's scale grows with depth: SmolLM2's layer 15 has RMS ~47)."""
+        size = self.config.hidden_size
+        if features.shape[-1] == size:
+            return features
+        if self.fuse is None or features.shape[-1] != self.fuse.in_features:
+            raise ValueError(
+                f"the draft head reads features of width {size if self.fuse is None else self.fuse.in_features}"
+                f" (feature_layers {self.config.feature_layers}), got {features.shape[-1]}"
+            )
+        tapped = features[..., :-size].unflatten(-1, (-1, size)).float()
+        tapped = tapped * torch.rsqrt(tapped.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return self.fuse(torch.cat((tapped.flatten(-2).to(features.dtype), features[..., -size:]), dim=-1))
 
     def set_draft_vocab(self, token_ids: torch.Tensor | None, lm_head: nn.Module | None = None) -> None:
         """Draft over ``token_ids`` only (None: the whole vocabulary).
@@ -370,6 +393,14 @@ def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device
     return additive_mask(allowed, dtype)[None, None]
 
 
+@torch.no_grad()
+def reset_fusion(fuse: nn.Linear) -> None:
+    """``fuse`` = [0 | I]: the fused feature starts as the final-norm features, so a head trained without tapped
+    layers keeps its function when it gains them (``--feature-layers`` with ``--init-from``)."""
+    fuse.weight.zero_()
+    fuse.weight[:, -fuse.out_features :].diagonal().fill_(1.0)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -382,5 +413,6 @@ __all__ = [
     "LlamaMLP",
     "causal_mask",
     "additive_mask",
+    "reset_fusion",
     "count_parameters",
 ]

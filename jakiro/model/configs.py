@@ -3,7 +3,9 @@
 The file format is the one the Jakiro and EAGLE authors publish: a LLaMA-style config of the
 *base* model (hidden size, heads, vocabulary, rope) plus ``num_local_experts`` /
 ``num_experts_per_tok`` for a Mixture-of-Experts head. A config without ``num_local_experts``
-describes a dense EAGLE-2 head.
+describes a dense EAGLE-2 head. Two keys of this project's own extend it and are absent from the
+reference's configs: ``expert_intermediate_size`` (wider experts) and ``feature_layers`` (the base
+decoder layers whose outputs the head reads besides the final-norm features, EAGLE-3-style).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _DEFAULTS: dict[str, Any] = {
     "num_local_experts": None,
     "num_experts_per_tok": None,
     "expert_intermediate_size": None,
+    "feature_layers": None,
 }
 
 
@@ -68,6 +71,11 @@ class EConfig:
         return bool(self.num_local_experts)
 
     @property
+    def feature_width(self) -> int:
+        """Width of the base features the head reads: the final-norm features, after the tapped layers' if any."""
+        return self.hidden_size * (1 + len(self.feature_layers or []))
+
+    @property
     def expert_width(self) -> int:
         """Inner width of each Jakiro expert: ``expert_intermediate_size``, by default the hidden size
         (the reference's, whose configs do not have the key)."""
@@ -93,6 +101,17 @@ class EConfig:
         if width is not None and (not isinstance(width, int) or width <= 0):
             raise ValueError(
                 f"draft config: expert_intermediate_size must be a positive integer or null, got {width!r}"
+            )
+        layers = self.feature_layers
+        if layers is not None and (
+            not isinstance(layers, list)
+            or not layers
+            or any(not isinstance(i, int) or i < 0 for i in layers)
+            or layers != sorted(set(layers))
+        ):
+            raise ValueError(
+                f"draft config: feature_layers must be null or a non-empty increasing list of decoder layer "
+                f"indices, got {layers!r}"
             )
         if self.is_moe and self.num_experts_per_tok is None:
             raise ValueError("draft config: a MoE head needs num_experts_per_tok next to num_local_experts")
@@ -184,6 +203,8 @@ class EConfig:
         data = copy.deepcopy(vars(self))
         if data.get("expert_intermediate_size") is None:  # the reference's width: its configs lack the key
             data.pop("expert_intermediate_size", None)
+        if data.get("feature_layers") is None:  # likewise
+            data.pop("feature_layers", None)
         if not self.is_moe:
             data.pop("num_local_experts", None)
             data.pop("num_experts_per_tok", None)

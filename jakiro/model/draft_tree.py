@@ -75,7 +75,8 @@ def grow_tree(
 ) -> DraftTree:
     """Draft a tree of ``shape`` rooted at ``input_ids[0, -1]``.
 
-    ``hidden_states`` [1, S, H] are the base model's final-norm features of the positions the draft
+    ``hidden_states`` [1, S, H] are the base model's final-norm features (with the tapped layers' outputs before them,
+    [1, S, (n+1)*H], for a head with ``feature_layers``) of the positions the draft
     head has not seen yet; ``input_ids`` [1, T] is the whole sequence including the root, so the
     features pair with ``input_ids[:, -S:]`` (feature at p, token at p+1). The head's KV cache is
     extended by these S positions; tree positions are discarded again before returning. ``hybrid``:

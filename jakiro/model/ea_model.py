@@ -101,7 +101,7 @@ class EaModel(nn.Module):
         self.cache: KVCache | None = None
         self.draft_vocab_ranking: torch.Tensor | None = None
         self.draft_vocab_size = 0
-        self._base_forward = BaseForward(base_model)
+        self._base_forward = BaseForward(base_model, ea_layer.config.feature_layers)
         self.step_timer: StepTimer | NoTimer = NoTimer()
         self.eval()
 

@@ -8,6 +8,9 @@ the final logit soft-capping some models (Gemma-2) apply. Whether that reproduce
 checked once, at load, on a short probe; a model that post-processes logits in any other way (a logit scale,
 a custom head) keeps the plain forward, which is always correct.
 
+For a draft head with ``feature_layers`` the features are wider: the outputs of those decoder layers (read with
+``taps.LayerTaps``) followed by the final-norm features, ``[S, (n+1)*H]``; logits still come from the last ``H``.
+
 ``project`` computes ``x @ weight.T`` as ``(weight @ x.T).T`` on CPUs: the same product, but for a few rows
 and tens of thousands of outputs the BLAS kernels behind the second form were 1.2-3.5x faster on the machines
 measured (``docs/perf_log.md``).
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from .kv_cache import cache_argument
+from .taps import LayerTaps
 
 
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,22 +41,30 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 class BaseForward:
     """One base-model forward: logits of the requested rows and final-norm features of all new positions."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, feature_layers: list[int] | None = None) -> None:
         self.model = model
         self.cache_kwarg = cache_argument(model)
         self.has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.decoder = self._checked_decoder()
+        self.feature_layers = list(feature_layers or [])
+        self.taps = None
+        if self.feature_layers and self.decoder is not None:
+            self.taps = LayerTaps(self.decoder, self.feature_layers)  # hooks: the forward itself is unchanged
 
     def __call__(self, ids, cache, mask=None, positions=None, last_logits_only: bool = False):
-        """Logits [S or 1, V] and features [S, H] of the ``ids`` [1, S] after what ``cache`` holds."""
+        """Logits [S or 1, V] and features [S, H] (with ``feature_layers``: [S, (n+1)*H], tapped layers first) of
+        the ``ids`` [1, S] after what ``cache`` holds."""
         if self.decoder is None:
             return self._plain(ids, cache, mask, positions, last_logits_only)
         out = self.decoder(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.decoder_cache: cache}
         )
         features = out.last_hidden_state[0]
-        return self.logits(features[-1:] if last_logits_only else features), features
+        logits = self.logits(features[-1:] if last_logits_only else features)
+        if self.taps is not None:
+            features = torch.cat((self.taps.take()[0], features), dim=-1)
+        return logits, features
 
     def compile(self, mode: str | None = None) -> None:
         """``torch.compile`` the decoder (dynamic shapes: the cache grows every step, so one compilation serves
@@ -85,7 +97,10 @@ class BaseForward:
             output_hidden_states=True,
             **kwargs,
         )
-        return out.logits[0], out.hidden_states[-1][0]
+        features = out.hidden_states[-1][0]
+        if self.feature_layers:  # hidden_states[i + 1] is decoder layer i's output
+            features = torch.cat([out.hidden_states[i + 1][0] for i in self.feature_layers] + [features], dim=-1)
+        return out.logits[0], features
 
     @torch.no_grad()
     def _checked_decoder(self) -> nn.Module | None:

@@ -9,6 +9,8 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from ..ge_data.ge_data import AUX_KEY, LAYERS_META
+
 
 def sample_files(datapath: str) -> list[str]:
     """Every ``*.safetensors`` sample under ``datapath``, sorted (a stable train/test split)."""
@@ -107,24 +109,38 @@ class FeatureDataset(Dataset):
 
     Returns ``hidden_states`` [L, H], ``input_ids`` [L] (shifted left, 0 appended), ``target`` [L, H]
     (features shifted left, zero row appended) and ``loss_mask`` [L] (shifted with the target, last 0).
+    With ``feature_layers`` (a head reading tapped base layers), ``hidden_states`` is [L, (n+1)*H]: the
+    sample's ``aux_hidden_state`` of those layers, then the final-norm features; the target stays the latter.
     """
 
-    def __init__(self, files: list[str], max_len: int) -> None:
+    def __init__(self, files: list[str], max_len: int, feature_layers: list[int] | None = None) -> None:
         self.files, self.max_len = files, max_len
+        self.feature_layers = ",".join(map(str, feature_layers)) if feature_layers else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        data = load_file(self.files[index])
+        with safe_open(self.files[index], "pt") as f:
+            data = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+            recorded = (f.metadata() or {}).get(LAYERS_META)
         ids = data["input_ids"][: self.max_len].long()
         hidden = data["hidden_state"][: self.max_len].float()
         mask = data["loss_mask"][: self.max_len].float()
         zero = hidden.new_zeros(1, hidden.shape[1])
+        inputs = hidden
+        if self.feature_layers:
+            if AUX_KEY not in data or recorded != self.feature_layers:
+                raise ValueError(
+                    f"{self.files[index]} holds {f'layers {recorded}' if AUX_KEY in data else 'no tapped layers'}, "
+                    f"the head reads layers {self.feature_layers}: run python -m jakiro.ge_data.layer_features "
+                    f"--feature-layers {self.feature_layers} on its folder"
+                )
+            inputs = torch.cat((data[AUX_KEY][: self.max_len].float(), hidden), dim=-1)
         return {
-            "hidden_states": hidden,
+            "hidden_states": inputs,
             "input_ids": torch.cat((ids[1:], ids.new_zeros(1))),
             "target": torch.cat((hidden[1:], zero)),
             "loss_mask": torch.cat((mask[1:], mask.new_zeros(1))),

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .. import variants
 from ..device import cpu_has_fast_bf16, processor_name
+from ..ge_data.ge_data import parse_feature_layers
 from ..model.checkpoint import read_draft_vocab, save_draft_head, save_draft_vocab
 from ..model.cnets import Model
 from ..model.configs import EConfig
@@ -160,6 +161,15 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         help="decoder layers in the head (the config's num_hidden_layers; default: the config's, 1 in the "
         "reference); with --init-from, a shallower head gets new last layers whose output projections start "
         "at zero, so it starts computing what it did",
+    )
+    p.add_argument(
+        "--feature-layers",
+        default=None,
+        metavar="auto|I,J",
+        help="the head also reads these base decoder layers' outputs (EAGLE-3's fused features; the config's "
+        "feature_layers): 'auto' (a low and a middle layer) or indices like 2,15; the samples need them "
+        "(jakiro.ge_data.layer_features); with --init-from, the new fusion starts as the identity on the "
+        "final-norm features",
     )
     p.add_argument("--eval-steps", type=int, default=0, help="also evaluate the held-out split every N optimizer steps")
     p.add_argument(
@@ -287,6 +297,10 @@ def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tenso
         config = EConfig(**{**config.to_dict(), "expert_intermediate_size": args.expert_width})
     if args.num_layers is not None:
         config = EConfig(**{**config.to_dict(), "num_hidden_layers": args.num_layers})
+    if getattr(args, "feature_layers", None):
+        text = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+        layers = parse_feature_layers(args.feature_layers, text.num_hidden_layers)
+        config = EConfig(**{**config.to_dict(), "feature_layers": layers})
     if (config.vocab_size, config.hidden_size) != tuple(head_weight.shape):
         raise ValueError(
             f"draft config (vocab {config.vocab_size}, hidden {config.hidden_size}) does not fit the "
@@ -449,7 +463,8 @@ def run(args: argparse.Namespace) -> None:
     head_weight = head_weight.to(device)
     model = make_head(args, config, embedding_weight.to(device))
     train_files, test_files, trained_earlier, split_note = choose_split(args)
-    train_set, test_set = FeatureDataset(train_files, args.max_len), FeatureDataset(test_files, args.max_len)
+    train_set = FeatureDataset(train_files, args.max_len, config.feature_layers)
+    test_set = FeatureDataset(test_files, args.max_len, config.feature_layers)
     start = "random"
     if args.warm_start_layer is not None:
         sample = train_set[0]["input_ids"][:512]

@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight decay per unrolled step")
     p.add_argument("--expert-width", type=int, default=None, help="Jakiro expert width, as in jakiro.train.main")
     p.add_argument("--num-layers", type=int, default=None, help="decoder layers, as in jakiro.train.main")
+    p.add_argument("--feature-layers", default=None, help="tapped base layers, as in jakiro.train.main")
     p.add_argument("--save-dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--local_rank", type=int, default=-1)
     p = deepspeed.add_config_arguments(p)
@@ -68,7 +69,8 @@ def main(argv=None) -> None:
     with open(args.deepspeed_config) as f:
         ds_config = json.load(f)
     head_weight, embedding_weight, base_config = load_frozen_base_parts(args.basepath)
-    model = head_class(args.arch)(draft_config(args, base_config, head_weight))
+    config = draft_config(args, base_config, head_weight)
+    model = head_class(args.arch)(config)
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(0.9, 0.95))
@@ -78,7 +80,7 @@ def main(argv=None) -> None:
         model=model,
         optimizer=optimizer,
         model_parameters=model.parameters(),
-        training_data=FeatureDataset(train_files, args.max_len),
+        training_data=FeatureDataset(train_files, args.max_len, config.feature_layers),
         collate_fn=collate,
     )
     dtype = torch.float16 if engine.fp16_enabled() else torch.bfloat16 if engine.bfloat16_enabled() else torch.float32

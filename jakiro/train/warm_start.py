@@ -180,11 +180,25 @@ def add_layers(head: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tor
     return grown
 
 
+@torch.no_grad()
+def add_fusion(head: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with ``head``'s ``fuse`` ([0 | I], see ``cnets.reset_fusion``) when ``head`` reads tapped base
+    layers (``--feature-layers``) and ``state`` does not: the head starts computing what ``state``'s head did on
+    the final-norm features and learns to use the other layers."""
+    if getattr(head, "fuse", None) is None or "fuse.weight" in state:
+        return state
+    return {**state, "fuse.weight": head.fuse.weight.detach().clone()}
+
+
 def init_from(head: nn.Module, folder: str) -> None:
     """Load the weights of an existing head folder (``config.json`` + weights) into ``head``, strictly; experts
-    narrower than ``head``'s are widened (:func:`widen_experts`) and missing layers added (:func:`add_layers`)
-    first."""
-    state = add_layers(head, widen_experts(head, read_state_dict(folder)))
+    narrower than ``head``'s are widened (:func:`widen_experts`), missing layers added (:func:`add_layers`) and a
+    missing ``fuse`` started as the identity on the final-norm features (:func:`add_fusion`) first."""
+    if getattr(head, "fuse", None) is not None:
+        from ..model.cnets import reset_fusion
+
+        reset_fusion(head.fuse)
+    state = add_fusion(head, add_layers(head, widen_experts(head, read_state_dict(folder))))
     check_state_dict(head, state)
     state.pop("embed_tokens.weight", None)
     head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
