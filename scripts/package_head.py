@@ -55,7 +55,7 @@ def fill_ranking(path: str, extra: str) -> int:
     return tokens.numel()
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True)
     parser.add_argument("--arch", required=True, choices=["jakiro", "eagle2", "jakiro_star"])
@@ -72,6 +72,9 @@ def main() -> None:
         "--dest", default=None, help="head folder to write (default: jakiro/heads/smollm2-135m-instruct-<arch>)"
     )
     parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument(
+        "--basepath", default=None, help="the base model the head drafts for (default: the embedded SmolLM2)"
+    )
     parser.add_argument(
         "--fill-ranking",
         default=None,
@@ -105,7 +108,7 @@ def main() -> None:
     )
     parser.add_argument("--feature-hours", type=float, default=None, help="wall hours spent recording features")
     parser.add_argument("--command", default="N=529 MAX_LEN=1024 EPOCHS=2 bash scripts/train_smollm2.sh")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cpdir = args.cpdir or os.path.join(args.run, args.arch)
     cpdirs = [run for path in args.continued_from for run in log_runs(path)] + [cpdir]
     try:
@@ -318,7 +321,7 @@ Measured speculative decoding: {tau_text}
         from jakiro.model.ea_model import EaModel
         from jakiro.model.tree_cost import write_acceptance
 
-        model = EaModel.from_pretrained(None, dest, total_token=12, depth=4, top_k=4, dtype=torch.float32)
+        model = EaModel.from_pretrained(args.basepath, dest, total_token=12, depth=4, top_k=4, dtype=torch.float32)
         print("wrote", write_acceptance(model, dest))
     print(f"wrote {dest} ({size_mb:.1f} MB)")
 

@@ -1,0 +1,65 @@
+"""``scripts/package_head.py`` on a tiny run: the head folder it writes loads and drafts losslessly, and its
+model card reports the run's own numbers (data counted from the samples, the held-out metrics, τ per set).
+
+The workspace (a tiny random Llama with SmolLM2's tokenizer, a dozen conversations, their features) comes
+from ``test_pipeline.py``'s fixtures.
+"""
+
+import json
+import os
+
+from helpers import load_script
+from test_pipeline import features, metrics, tokenizer, train, workspace  # noqa: F401 (fixtures)
+from test_training_levers import loads_and_drafts_losslessly
+
+from jakiro.model.tree_cost import ACCEPTANCE_FILE
+
+
+def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):  # noqa: F811
+    run = workspace / "package-run"
+    os.makedirs(run)
+    os.symlink(features, run / "data")
+    train(workspace, features, run / "jakiro", "--num-epochs", "2", "--seed", "3", "--draft-vocab-size", "300")
+    tau_file = run / "tau.json"
+    tau_file.write_text(
+        json.dumps(
+            {
+                "settings": {"questions": 80, "max_new_tokens": 128, "total_token": 12, "depth": 4, "top_k": 4},
+                "heads": {
+                    "jakiro": {
+                        "tau": 1.87,
+                        "speedup": 0.91,
+                        "spec_tok_s": 9.1,
+                        "plain_tok_s": 10.0,
+                        "identical": "80/80",
+                    },
+                    "jakiro/gsm8k": {"tau": 1.66, "prompts": 20, "max_new_tokens": 64},
+                    "eagle2": {"tau": 9.99},
+                },
+            }
+        )
+    )
+    dest = workspace / "packaged"
+    package = load_script("scripts/package_head.py")
+    package.main(
+        ["--run", str(run), "--arch", "jakiro", "--dest", str(dest), "--basepath", str(workspace / "base")]
+        + ["--tau-file", str(tau_file), "--max-len", "512", "--draft-vocab-size", "300", "--command", "CMD"]
+    )
+    found = set(os.listdir(dest))
+    expected = {"config.json", "model.safetensors", "draft_vocab.safetensors", "split.json", "README.md"}
+    assert expected | {"training_log", ACCEPTANCE_FILE} <= found
+    card = (dest / "README.md").read_text()
+    history = metrics(run / "jakiro")
+    split = json.load(open(run / "jakiro" / "split.json"))
+    assert len(split["test"]) >= 1 and f"{len(split['test'])} held out" in card
+    assert "**12 conversations," in card  # counted from the samples
+    assert "seed 3" in card and "`CMD`" in card and "over the 300 most frequent learned tokens" in card
+    for epoch, record in enumerate(history):  # one table row per epoch, with that epoch's held-out top-1
+        assert f"| {epoch} | {record['train/loss']:.3f} |" in card
+        assert f"| {record['test/moe_top1']:.3f} |" in card
+    assert "tau = 1.87 tokens per verification step" in card and "(0.91x)" in card and "80/80" in card
+    assert "| gsm8k | 20 | 64 | 1.66 |" in card and "9.99" not in card  # only this head's rows
+    assert sorted(os.listdir(dest / "training_log")) == ["0"]
+    table = json.load(open(dest / ACCEPTANCE_FILE))
+    assert table  # measured on the tiny base, read by total_token=-1
+    loads_and_drafts_losslessly(workspace, dest)
