@@ -13,6 +13,8 @@
 #   ("11500:2:4::5e-4:0.02": seed 4, no replay, lr 5e-4, 2 % of the new conversations held out).
 #   FLAGS passes any other train.main flags to the stage, comma-separated, each --name or --name=value
 #   ("--ttt-length=3,--warmup-steps=60": the training-time test over 3 steps, 60 warm-up steps).
+#   A stage with --feature-layers=auto (the head also reads a low and a middle base layer, EAGLE-3's fused
+#   features) first adds those layers' outputs to every recorded sample (jakiro.ge_data.layer_features).
 #   Jakiro* runs the first stage only, with STAR_EPOCHS epochs (the smaller budget issue #10 allows).
 #   The default STAGES is the recipe of the shipped heads (docs/training_plan.md). The older two-run
 #   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
@@ -34,7 +36,7 @@
 #   BASEPATH=DIR and DATA=FILE replace the embedded SmolLM2 and ShareGPT package (another base model
 #   needs its own chat template; the tests use a tiny model).
 set -euo pipefail
-DEFAULT_STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:6:1:2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250"
+DEFAULT_STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:6:1:2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:7::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=900,--eval-steps=450,--feature-layers=auto"
 if [ -z "${STAGES:-}" ]; then
   if [ -n "${N:-}${EPOCHS:-}${CONTINUE_EPOCHS:-}" ]; then
     N=${N:-1830}
@@ -125,6 +127,11 @@ for STAGE in $STAGES; do
     echo "conversations $ORIGINAL_END-$((STAGE_N - 1)) with SmolLM2's own greedy replies (REGENERATE_FROM)"
     $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/regen" --template chat_template --start "$ORIGINAL_END" \
         --end "$STAGE_N" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${SELF_DISTIL[@]}"
+  fi
+  LAYERS=$(grep -o -- '--feature-layers=[^,]*' <<< "$STAGE_EXTRA" | cut -d= -f2 || true)
+  if [ -n "$LAYERS" ]; then
+    echo "outputs of base layers '$LAYERS' added to every sample (the stage's --feature-layers)"
+    $PY -m jakiro.ge_data.layer_features "$RUN/data" --feature-layers "$LAYERS" --dtype "$FEATURE_DTYPE" "${SOURCE[@]}"
   fi
   for ARCH in $ARCHS; do
     if [ "$STAGE_NUMBER" = 1 ]; then

@@ -560,6 +560,18 @@ def test_the_recipe_grows_its_data_stage_by_stage_and_each_stage_continues_the_l
     assert bad.returncode == 2 and "replays an earlier run's conversations: give SPLIT_FROM" in bad.stderr
 
 
+def test_a_recipe_stage_with_feature_layers_records_them_first(workspace):  # noqa: F811
+    run = workspace / "recipe-layers"
+    done = run_recipe(workspace, run, "4:1 4:1:1::::--feature-layers=auto", archs="jakiro")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "outputs of base layers 'auto' added to every sample" in done.stdout
+    assert EConfig.from_pretrained(run / "jakiro" / "state_0").feature_layers is None
+    assert EConfig.from_pretrained(run / "jakiro-2" / "state_0").feature_layers == [0]  # the tiny base: 2 layers
+    for path in (run / "data").rglob("*.safetensors"):
+        assert "aux_hidden_state" in load_file(path)
+    assert metrics(run / "jakiro-2")[0]["test/moe_top1"] == pytest.approx(metrics(run / "jakiro")[-1]["test/moe_top1"])
+
+
 def learned_runs(mask: torch.Tensor) -> int:
     """Contiguous stretches of learned (assistant) tokens in a sample's loss mask."""
     mask = mask.bool()
