@@ -288,6 +288,15 @@ def main(argv=None) -> None:
         if sizes[-1]
         else "5 % held out"
     )
+    layers = json.load(open(os.path.join(dest, "config.json"))).get("feature_layers")
+    fused_keys = " plus `fuse.weight`" if layers else ""
+    fused_note = (
+        f"\n* Input: the base model's final-norm features and the outputs of its decoder layers "
+        f"{' and '.join(map(str, layers))} (`feature_layers`, EAGLE-3's fused features, mapped to one feature by "
+        "`fuse`): this library reads them during verification; the reference implementation does not load such a head."
+        if layers
+        else ""
+    )
     card = f"""# SmolLM2-135M-Instruct {args.arch} draft head
 
 {title} draft head for `SmolLM2-135M-Instruct` (the embedded base model), trained with this
@@ -301,7 +310,7 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Hardware{" of the last run" if runs > 1 else ""}: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
   {hours:.2f} h for this head{" in all" if runs > 1 else ""}{feature_text}.
 * Command: `{args.command}`
-* Weights: float16 safetensors, {size_mb:.1f} MB, released key layout (no embedding; it is the base model's).{ranking_note}
+* Weights: float16 safetensors, {size_mb:.1f} MB, released key layout{fused_keys} (no embedding; it is the base model's).{ranking_note}{fused_note}
 * Training log: `training_log/<run>/` (each run's `metrics.jsonl`, flags and split sizes).
 
 {runs_table}

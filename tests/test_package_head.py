@@ -59,6 +59,7 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
         assert f"| {record['test/moe_top1']:.3f} |" in card
     assert "tau = 1.87 tokens per verification step" in card and "(0.91x)" in card and "80/80" in card
     assert "| gsm8k | 20 | 64 | 1.66 |" in card and "9.99" not in card  # only this head's rows
+    assert "fuse.weight" not in card and "* Input:" not in card  # a head without feature_layers
     assert sorted(os.listdir(dest / "training_log")) == ["0"]
     table = json.load(open(dest / ACCEPTANCE_FILE))
     assert table  # measured on the tiny base, read by total_token=-1
