@@ -95,7 +95,8 @@ def parse_args(template: str | None, argv=None) -> argparse.Namespace:
         "--feature-layers",
         default=None,
         help="also record these decoder layers' outputs for a head with intermediate-layer features: "
-        "'auto' (a low and a middle layer) or indices like 2,15",
+        "'auto' (a low and a middle layer) or indices like 2,15 (samples a rerun skips as finished keep what they "
+        "hold: add the layers to them with jakiro.ge_data.layer_features)",
     )
     args = parser.parse_args(argv)
     if template is not None:
