@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from jakiro.device import processor_name
 from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
+from jakiro.model.configs import EConfig
 from jakiro.train.data import SPLIT_FILE, extend_ranking
 from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 
@@ -288,7 +289,7 @@ def main(argv=None) -> None:
         if sizes[-1]
         else "5 % held out"
     )
-    layers = json.load(open(os.path.join(dest, "config.json"))).get("feature_layers")
+    layers = EConfig.from_pretrained(dest).feature_layers
     fused_keys = " plus `fuse.weight`" if layers else ""
     fused_note = (
         f"\n* Input: the base model's final-norm features and the outputs of its decoder layers "

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from jakiro.ge_data import layer_features
 from jakiro.ge_data.ge_data import AUX_KEY, LAYERS_META, default_feature_layers, parse_feature_layers
+from jakiro.model.checkpoint import check_fits_base
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.model.kv_cache import KVCache
@@ -57,6 +58,14 @@ def test_taps_hold_the_layer_outputs_transformers_reports(base):
     for bad in ([1], [2], [0, 0], [], [-1]):  # layer 1 is the last: its output is the final features
         with pytest.raises(ValueError, match="feature_layers"):
             LayerTaps(base.get_decoder(), bad)
+
+
+def test_a_head_reading_layers_the_base_model_lacks_is_refused(base):
+    fits = EConfig.from_base_config(base.config, feature_layers=[0])
+    check_fits_base(fits, base)
+    for layers in ([1], [2]):  # layer 1 is the tiny model's last: its output is the final-norm feature
+        with pytest.raises(ValueError, match=r"does not fit the base model: feature_layers .* indices in 0\.\.0"):
+            check_fits_base(EConfig.from_base_config(base.config, feature_layers=layers), base)
 
 
 def test_feature_layer_flags():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .configs import CONFIG_NAME, EConfig
+from .taps import check_feature_layers
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 DRAFT_VOCAB_FILE = "draft_vocab.safetensors"
@@ -102,9 +103,10 @@ def check_fits_base(config: EConfig, base_model: nn.Module) -> None:
     if config.vocab_size != embedding.shape[0]:
         problems.append(f"vocabulary: draft {config.vocab_size}, base model embedding {embedding.shape[0]}")
     if config.feature_layers:
-        layers = base_model.config.get_text_config().num_hidden_layers
-        if max(config.feature_layers) >= layers:
-            problems.append(f"feature_layers {config.feature_layers}: the base model has {layers} decoder layers")
+        try:
+            check_feature_layers(config.feature_layers, base_model.config.get_text_config().num_hidden_layers)
+        except ValueError as error:
+            problems.append(str(error))
     if problems:
         raise ValueError("draft head does not fit the base model: " + "; ".join(problems))
 

@@ -231,7 +231,7 @@ class Model(nn.Module):
         self.fuse = None
         if config.feature_layers:
             self.fuse = nn.Linear(config.feature_width, config.hidden_size, bias=False)
-            reset_fusion(self.fuse)
+            reset_fusion(self.fuse.weight)
         self.layers = nn.ModuleList(DecoderLayer(config, i, self.moe_block) for i in range(config.num_hidden_layers))
         self.rotary = RotaryEmbedding(config)
         self.kv_cache: list[KVCacheLayer] | None = None
@@ -394,11 +394,13 @@ def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device
 
 
 @torch.no_grad()
-def reset_fusion(fuse: nn.Linear) -> None:
-    """``fuse`` = [0 | I]: the fused feature starts as the final-norm features, so a head trained without tapped
-    layers keeps its function when it gains them (``--feature-layers`` with ``--init-from``)."""
-    fuse.weight.zero_()
-    fuse.weight[:, -fuse.out_features :].diagonal().fill_(1.0)
+def reset_fusion(weight: torch.Tensor) -> torch.Tensor:
+    """Set ``fuse``'s weight [H, (n+1)*H] to [0 | I] in place and return it: the fused feature starts as the
+    final-norm features, so a head trained without tapped layers keeps its function when it gains them
+    (``--feature-layers`` with ``--init-from``)."""
+    weight.zero_()
+    weight[:, -weight.shape[0] :].diagonal().fill_(1.0)
+    return weight
 
 
 def count_parameters(model: nn.Module) -> int:

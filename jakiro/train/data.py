@@ -9,7 +9,7 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from ..ge_data.ge_data import AUX_KEY, LAYERS_META
+from ..ge_data.ge_data import AUX_KEY, LAYERS_META, layers_meta
 
 
 def sample_files(datapath: str) -> list[str]:
@@ -115,7 +115,7 @@ class FeatureDataset(Dataset):
 
     def __init__(self, files: list[str], max_len: int, feature_layers: list[int] | None = None) -> None:
         self.files, self.max_len = files, max_len
-        self.feature_layers = ",".join(map(str, feature_layers)) if feature_layers else None
+        self.feature_layers = layers_meta(feature_layers)[LAYERS_META] if feature_layers else None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -124,7 +124,10 @@ class FeatureDataset(Dataset):
         from safetensors import safe_open
 
         with safe_open(self.files[index], "pt") as f:
-            data = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+            present = set(f.keys())
+            # only what this head reads: a plain head's samples may also hold tapped layers (twice their size)
+            wanted = ["input_ids", "hidden_state", "loss_mask"] + ([AUX_KEY] if self.feature_layers else [])
+            data = {key: f.get_tensor(key) for key in wanted if key in present}
             recorded = (f.metadata() or {}).get(LAYERS_META)
         ids = data["input_ids"][: self.max_len].long()
         hidden = data["hidden_state"][: self.max_len].float()

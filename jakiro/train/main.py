@@ -297,7 +297,7 @@ def draft_config(args: argparse.Namespace, base_config, head_weight: torch.Tenso
         config = EConfig(**{**config.to_dict(), "expert_intermediate_size": args.expert_width})
     if args.num_layers is not None:
         config = EConfig(**{**config.to_dict(), "num_hidden_layers": args.num_layers})
-    if getattr(args, "feature_layers", None):
+    if args.feature_layers:
         text = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
         layers = parse_feature_layers(args.feature_layers, text.num_hidden_layers)
         config = EConfig(**{**config.to_dict(), "feature_layers": layers})

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..model.checkpoint import check_state_dict, read_state_dict
+from ..model.cnets import reset_fusion
 
 
 def load_base_layer(
@@ -187,17 +188,13 @@ def add_fusion(head: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tor
     the final-norm features and learns to use the other layers."""
     if getattr(head, "fuse", None) is None or "fuse.weight" in state:
         return state
-    return {**state, "fuse.weight": head.fuse.weight.detach().clone()}
+    return {**state, "fuse.weight": reset_fusion(head.fuse.weight.detach().clone())}
 
 
 def init_from(head: nn.Module, folder: str) -> None:
     """Load the weights of an existing head folder (``config.json`` + weights) into ``head``, strictly; experts
     narrower than ``head``'s are widened (:func:`widen_experts`), missing layers added (:func:`add_layers`) and a
     missing ``fuse`` started as the identity on the final-norm features (:func:`add_fusion`) first."""
-    if getattr(head, "fuse", None) is not None:
-        from ..model.cnets import reset_fusion
-
-        reset_fusion(head.fuse)
     state = add_fusion(head, add_layers(head, widen_experts(head, read_state_dict(folder))))
     check_state_dict(head, state)
     state.pop("embed_tokens.weight", None)
