@@ -27,8 +27,10 @@ def plot(runs: dict[str, tuple[str, ...]], target: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    with_tokens = any(counts_tokens(folder) for folder in runs.values())  # logs transcribed from cards have none
+    fig, axes = plt.subplots(1, 3 if with_tokens else 2, figsize=(15 if with_tokens else 10.5, 4.2))
     for number, (name, folder) in enumerate(runs.items()):
         rows = [r for r in history(*folder) if "test/moe_top1" in r]
         if not rows:
@@ -36,7 +38,7 @@ def plot(runs: dict[str, tuple[str, ...]], target: str, title: str) -> None:
         style = dict(marker="o", ms=3, label=name, color=f"C{number}")  # one colour per run in every panel
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r["test/moe_top1"] for r in rows], **style)
-        if counts_tokens(folder):
+        if with_tokens and counts_tokens(folder):
             axes[2].plot([r["learned_tokens"] / 1e6 for r in rows], [r["test/moe_top1"] for r in rows], **style)
         if "test/contrastive_top1" in rows[-1]:
             axes[1].plot(steps, [r["test/contrastive_top1"] for r in rows], **style)
@@ -44,16 +46,11 @@ def plot(runs: dict[str, tuple[str, ...]], target: str, title: str) -> None:
     axes[1].set(
         xlabel="optimizer steps", ylabel="held-out top-1", title="Jakiro's contrastive branch (token after next)"
     )
-    axes[2].set(xlabel="learned (assistant) tokens seen, millions", ylabel="held-out top-1", title="next token")
-    if not axes[2].lines:
-        axes[2].text(
-            0.5,
-            0.5,
-            "no run chain here logged its token counts\n(logs transcribed from model cards)",
-            ha="center",
-            va="center",
-            transform=axes[2].transAxes,
-        )
+    if with_tokens:
+        axes[2].set(xlabel="learned (assistant) tokens seen, millions", ylabel="held-out top-1", title="next token")
+    thousands = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0")  # 10000 and 12000 ran together
+    for ax in axes[:2]:
+        ax.xaxis.set_major_formatter(thousands)
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:
