@@ -29,7 +29,8 @@ def plot(runs: dict[str, tuple[str, ...]], target: str, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    with_tokens = any(counts_tokens(folder) for folder in runs.values())  # logs transcribed from cards have none
+    counted = {name: counts_tokens(folder) for name, folder in runs.items()}  # logs transcribed from cards: none
+    with_tokens = any(counted.values())
     fig, axes = plt.subplots(1, 3 if with_tokens else 2, figsize=(15 if with_tokens else 10.5, 4.2))
     for number, (name, folder) in enumerate(runs.items()):
         rows = [r for r in history(*folder) if "test/moe_top1" in r]
@@ -38,7 +39,7 @@ def plot(runs: dict[str, tuple[str, ...]], target: str, title: str) -> None:
         style = dict(marker="o", ms=3, label=name, color=f"C{number}")  # one colour per run in every panel
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r["test/moe_top1"] for r in rows], **style)
-        if with_tokens and counts_tokens(folder):
+        if counted[name]:
             axes[2].plot([r["learned_tokens"] / 1e6 for r in rows], [r["test/moe_top1"] for r in rows], **style)
         if "test/contrastive_top1" in rows[-1]:
             axes[1].plot(steps, [r["test/contrastive_top1"] for r in rows], **style)
