@@ -188,6 +188,15 @@ def main(argv=None) -> None:
         """The mark of a row's chain figures: "≈ " for the cruder estimate, else nothing."""
         return "" if exact_chain(r["run"]) else "≈ "
 
+    consts = [(r or {}).get("const") for r in recorded]  # the contrastive branch's loss weight per run (jakiro)
+    const_note = ""
+    if args.arch == "jakiro" and len({c for c in consts if c is not None}) > 1:
+        const_note = (
+            "\n\nThe train loss adds the contrastive branch's loss weighted by `--const`, which changed between runs ("
+            + ", ".join(f"run {i + 1}: {c:g}" for i, c in enumerate(consts) if c is not None)
+            + "): compare losses within a run only; the top-1 columns are comparable across runs."
+        )
+
     def chain(r: dict) -> str:
         return approx(r) + " / ".join("{:.2f}".format(r[f"test/{j}_acc"]) for j in range(5))
 
@@ -214,6 +223,11 @@ def main(argv=None) -> None:
             )
             + "`benchmarks/mtbench_tau.py`)."
         )
+        if settings.get("no_plain"):
+            tau_text += (
+                " This measurement skipped the plain-decoding pass (`--no-plain`, for time), so it does not recheck "
+                "identity on these turns; `tests/test_shipped_heads.py` checks this head against `generate` in float32."
+            )
         if "speedup" in tau:
             tau_text += (
                 f" {tau['spec_tok_s']:.1f} tokens/s versus {tau['plain_tok_s']:.1f} for plain decoding "
@@ -318,7 +332,7 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 
 | epoch | train loss | train top-1 ({branch_name}) | train top-1 (contrastive) | held-out top-1 ({branch_name}) | held-out top-1 (contrastive) | held-out chain acceptance, steps 1-5 | implied tokens/step | training conversations | held-out conversations | minutes |
 |---|---|---|---|---|---|---|---|---|---|---|
-{rows}{chain_note}
+{rows}{chain_note}{const_note}
 
 Measured speculative decoding: {tau_text}
 """
