@@ -96,3 +96,32 @@ def test_step_timer_splits_every_step_into_its_phases():
     assert 0 <= row["overhead_share"] < 1
     assert row["above_alone"] == pytest.approx(row["step_ms"] / 2.0 - 1, abs=5e-3)  # alone: 1 + 1 ms (both rounded)
     assert "| jakiro | 0 |" in profile_markdown([row]) and f"| {row['above_alone']:+.0%} |" in profile_markdown([row])
+
+
+def test_compiled_verification_is_refused_when_it_changes_the_logits(monkeypatch):
+    """A compiler whose forward changes the logits (here: a decoder that shifts its features) is caught by the probe:
+    compile_verification raises and the eager forward stays in use, still exact."""
+    import jakiro.model.logits as logits_module
+
+    def wrong_compile(decoder, **_):
+        def shifted(*args, **kwargs):
+            out = decoder(*args, **kwargs)
+            out.last_hidden_state = out.last_hidden_state.flip(-1)
+            return out
+
+        return shifted
+
+    monkeypatch.setattr(logits_module.torch, "compile", wrong_compile)
+    model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
+    with pytest.raises(RuntimeError, match="changed the verification logits"):
+        model.compile_verification()
+    ids = prompt(1)
+    reference = model.base_model.generate(ids, max_new_tokens=16, do_sample=False)
+    assert torch.equal(model.eagenerate(ids, max_new_tokens=16), reference)
+
+
+def test_compiled_verification_refuses_half_precision_on_cpu():
+    model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
+    model.base_model.to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="refuses torch.bfloat16 on a CPU"):
+        model.compile_verification()

@@ -364,11 +364,59 @@ class EaModel(nn.Module):
             raise AttributeError("this model drafts a dynamic tree; it has no tree_choices")
         return self.drafter.tree_choices
 
-    def compile_verification(self, mode: str | None = None) -> None:
+    def compile_verification(self, mode: str | None = None, tolerance: float = 0.05) -> None:
         """Compile the base model's verification forward with ``torch.compile`` (dynamic shapes). Measured on a
         2-core CPU: a 12-node tree forward about 23 % faster after a 1.5-minute compilation (docs/perf_log.md).
-        ``mode`` is torch.compile's (``"reduce-overhead"`` captures CUDA graphs on a GPU)."""
+        ``mode`` is torch.compile's (``"reduce-overhead"`` captures CUDA graphs on a GPU).
+
+        The compiled forward is checked against the eager one on a small probe tree first; if any row's greedy
+        token differs, or a logit by more than ``tolerance`` times the largest one, compiling is refused
+        (``RuntimeError``) and the eager forward stays. Half precision on a CPU is refused outright: torch 2.13's
+        inductor on an AMX CPU compiled SmolLM2 in bfloat16 to logits off by about 20 after an eager prefill
+        (float32 agreed to 2e-3), and the probe below did not reproduce it (docs/perf_log.md)."""
+        dtype = self.base_model.dtype
+        if dtype in (torch.bfloat16, torch.float16) and self.base_model.device.type == "cpu":
+            raise RuntimeError(
+                f"compile_verification refuses {dtype} on a CPU: torch.compile gave wrong verification logits for "
+                "SmolLM2 in bfloat16 on a CPU (docs/perf_log.md); use float32, or the eager forward"
+            )
+        expected = self._verification_probe()
         self._base_forward.compile(mode)
+        got = self._verification_probe()
+        worst = (got.float() - expected.float()).abs().max().item()
+        allowed = tolerance * max(expected.float().abs().max().item(), 1.0)
+        same_tokens = torch.equal(greedy_tokens(got), greedy_tokens(expected))
+        if worst > allowed or not same_tokens:
+            self._base_forward.uncompile()
+            raise RuntimeError(
+                f"torch.compile changed the verification logits on a probe tree (largest difference {worst:.3g}, "
+                f"allowed {allowed:.3g}; greedy tokens {'equal' if same_tokens else 'differ'}) for this model in "
+                f"{self.base_model.dtype}: not compiled, the eager forward stays in use"
+            )
+
+    @torch.no_grad()
+    def _verification_probe(self) -> torch.Tensor:
+        """Logits of a fixed 12-node tree (two branches) verified after a fixed 48-token prefix, in a cache of its
+        own: what ``compile_verification`` compares before and after compiling."""
+        device = self.base_model.get_input_embeddings().weight.device
+        vocab = self.base_model.get_input_embeddings().weight.shape[0]
+        prefix = (torch.arange(1, 49, device=device)[None] * (vocab // 49)) % vocab
+        parents = [-1, 0, 0] + list(range(1, 10))
+        ancestors = torch.eye(len(parents), dtype=torch.bool, device=device)
+        for node, parent in enumerate(parents):
+            if parent >= 0:
+                ancestors[node] |= ancestors[parent]
+        tree = DraftTree(
+            tokens=(torch.arange(len(parents), device=device) * (vocab // 13) + 3) % vocab,
+            parents=parents,
+            depths=ancestors.sum(1) - 1,
+            ancestors=ancestors,
+        )
+        cache = KVCache(self.base_model.config.get_text_config().num_hidden_layers, prefix.shape[1] + len(tree))
+        self._forward(prefix, cache, last_logits_only=True)
+        mask = self._tree_mask(prefix.shape[1], tree)
+        logits, _ = self._forward(tree.tokens[None], cache, mask, (tree.depths + prefix.shape[1])[None])
+        return logits
 
     def set_step_timer(self, timer: StepTimer | None) -> None:
         """Split each speculative step's time into phases with ``timer`` (None: stop profiling)."""

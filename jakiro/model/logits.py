@@ -75,7 +75,12 @@ class BaseForward:
                 "this base model keeps its plain forward (its logits are not the decoder's features times the "
                 "LM head), which is not compiled here"
             )
+        self.eager_decoder = self.decoder
         self.decoder = torch.compile(self.decoder, dynamic=True, mode=mode)
+
+    def uncompile(self) -> None:
+        """Go back to the eager decoder after ``compile``."""
+        self.decoder = getattr(self, "eager_decoder", self.decoder)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The LM head (and final soft-capping, if the model has it) on ``features`` [S, H]."""
