@@ -99,7 +99,7 @@ def test_step_timer_splits_every_step_into_its_phases():
 
 
 def test_compiled_verification_is_refused_when_it_changes_the_logits(monkeypatch):
-    """A compiler whose forward changes the logits (here: a decoder that shifts its features) is caught by the probe:
+    """A compiler whose forward changes the logits (here: a decoder that reverses its features) is caught by the probe:
     compile_verification raises and the eager forward stays in use, still exact."""
     import jakiro.model.logits as logits_module
 
