@@ -395,7 +395,7 @@ class EaModel(nn.Module):
             raise RuntimeError(
                 f"torch.compile changed the verification logits on a probe tree (largest difference {worst:.3g}, "
                 f"allowed {allowed:.3g}; greedy tokens {'equal' if same_tokens else 'differ'}) for this model in "
-                f"{self.base_model.dtype}: not compiled, the eager forward stays in use"
+                f"{dtype}: not compiled, the eager forward stays in use"
             )
 
     @torch.no_grad()
