@@ -120,8 +120,47 @@ def test_compiled_verification_is_refused_when_it_changes_the_logits(monkeypatch
     assert torch.equal(model.eagenerate(ids, max_new_tokens=16), reference)
 
 
-def test_compiled_verification_refuses_half_precision_on_cpu():
+def _perturbing_compile(scale: float):
+    """A stand-in for ``BaseForward.compile`` whose "compiled" decoder adds fixed noise of ``scale`` times the
+    features' mean size."""
+
+    def compile_(self, mode=None):
+        eager = self.decoder
+
+        def perturbed(*args, **kwargs):
+            out = eager(*args, **kwargs)
+            state = out.last_hidden_state
+            noise = torch.randn(state.shape, generator=torch.Generator().manual_seed(0)).to(state.dtype)
+            out.last_hidden_state = state + scale * state.abs().mean() * noise
+            return out
+
+        self.eager_decoder, self.decoder = eager, perturbed
+
+    return compile_
+
+
+def test_verification_probe_with_a_split_prefix_is_the_same_computation():
+    model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
+    torch.testing.assert_close(model._verification_probe(prefix_split=24), model._verification_probe())
+
+
+@pytest.mark.parametrize("scale, accepted", [(1e-3, True), (1.0, False)])
+def test_compiled_verification_in_bfloat16_is_judged_against_rounding_noise(monkeypatch, scale, accepted):
+    """In half precision the eager forward itself moves by rounding; a compiled forward that differs by about that
+    much is accepted, one that changes the logits far beyond it is refused and the eager forward stays."""
+    import jakiro.model.logits as logits_module
+
+    monkeypatch.setattr(logits_module.BaseForward, "compile", _perturbing_compile(scale))
     model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
     model.base_model.to(torch.bfloat16)
-    with pytest.raises(RuntimeError, match="refuses torch.bfloat16 on a CPU"):
+    eager_probe = model._verification_probe()
+    if accepted:
         model.compile_verification()
+        assert model._base_forward.decoder is not model._base_forward.eager_decoder
+        assert not torch.equal(model._verification_probe(), eager_probe)  # it did move the logits, within the noise
+    else:
+        with pytest.raises(RuntimeError, match="changed the verification logits"):
+            model.compile_verification()
+        assert model._base_forward.decoder is model._base_forward.eager_decoder
+    tokens = model.eagenerate(prompt(1), max_new_tokens=12)
+    assert tokens.shape[1] == prompt(1).shape[1] + 12
