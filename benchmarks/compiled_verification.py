@@ -20,6 +20,7 @@ import torch
 
 from jakiro.device import DTYPE_CHOICES, processor_name, resolve_dtype
 from jakiro.model.ea_model import EaModel
+from jakiro.model.kv_cache import KVCache
 from jakiro.model.logits import BaseForward
 from jakiro.model.tree_cost import _chain_tree
 
@@ -40,7 +41,8 @@ def main() -> None:
     half = dtype in (torch.bfloat16, torch.float16)
     if half:  # the same weights in float32, with a cache of their own
         reference = BaseForward(copy.deepcopy(model.base_model).float(), eager.feature_layers)
-        reference_cache = model._fresh_cache(args.context + 40 + args.repeats)
+        layers = model.base_model.config.get_text_config().num_hidden_layers
+        reference_cache = KVCache(layers, args.context + 40 + args.repeats)
 
     def verify(forward, context: int, kv=cache) -> torch.Tensor:
         tree = _chain_tree(12, torch.device("cpu"))

@@ -126,6 +126,25 @@ def test_base_forward_returns_tapped_layers_then_final_features(base):
     torch.testing.assert_close(plain_logits, logits, atol=1e-4, rtol=1e-4)
 
 
+def test_base_forwards_over_one_base_model_share_its_taps(base):
+    """Two models over one base model (the benchmark's methods) share one set of hooks, so a compiled decoder sees
+    the same hooks whichever calls it; each still gets its own forward's layers; removed taps are not reused."""
+    ids = torch.arange(5, 60, 5)[None]
+    layer = base.get_decoder().layers[0]
+    hooks_before = len(layer._forward_hooks)
+    first, second = BaseForward(base, [0]), BaseForward(base, [0])
+    assert first.taps is second.taps and len(layer._forward_hooks) == hooks_before + 1
+    with torch.no_grad():
+        _, alone = first(ids, KVCache(2, 32))
+        _, shared = second(ids[:, :6], KVCache(2, 32))
+    torch.testing.assert_close(shared, alone[:6], atol=1e-5, rtol=1e-5)
+    first.taps.remove()
+    third = BaseForward(base, [0])
+    assert third.taps is not first.taps and len(layer._forward_hooks) == hooks_before + 1
+    third.taps.remove()
+    assert len(layer._forward_hooks) == hooks_before
+
+
 def test_fused_head_reads_wide_base_features_and_its_own_narrow_ones():
     config = EConfig(hidden_size=64, num_attention_heads=4, vocab_size=100, intermediate_size=96, feature_layers=[0, 1])
     head = Model(config).eval()

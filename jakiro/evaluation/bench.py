@@ -234,8 +234,6 @@ def load_methods(args: argparse.Namespace, device: torch.device):
                     model.set_tree(
                         total_token=args.total_token, depth=args.depth, top_k=args.top_k, hybrid_last_level=False
                     )
-                if args.compile:
-                    model.compile_verification()
                 speculative[name] = model
             methods[name] = ea_runner(model, name == "naive")
     return base, tokenizer, methods, speculative
@@ -286,6 +284,9 @@ def run(args: argparse.Namespace) -> dict:
     # Count decoder forwards: generate runs them through the model, eagenerate calls the decoder itself.
     decoder = base.get_decoder() if callable(getattr(base, "get_decoder", None)) else base
     decoder.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    if args.compile:  # after the hook above, so that the compiled decoder already sees it
+        for model in speculative.values():
+            model.compile_verification()
     bandwidth = memory_bandwidth_gbs(device)
     for run_method in methods.values():  # warm-up
         run_method(inputs[0], 0.0, 8)

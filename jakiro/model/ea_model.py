@@ -417,7 +417,10 @@ class EaModel(nn.Module):
             depths=ancestors.sum(1) - 1,
             ancestors=ancestors,
         )
-        cache = KVCache(self.base_model.config.get_text_config().num_hidden_layers, prefix.shape[1] + len(tree))
+        layers = self.base_model.config.get_text_config().num_hidden_layers
+        cache = KVCache(
+            layers, prefix.shape[1] + len(tree) + 16
+        )  # spare room, as in decoding: no shape to specialise on
         for piece in prefix.split(prefix_split or prefix.shape[1], dim=1):
             self._forward(piece, cache, last_logits_only=True)
         mask = self._tree_mask(prefix.shape[1], tree)

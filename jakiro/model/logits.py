@@ -50,7 +50,7 @@ class BaseForward:
         self.feature_layers = list(feature_layers or [])
         self.taps = None
         if self.feature_layers and self.decoder is not None:
-            self.taps = LayerTaps(self.decoder, self.feature_layers)  # hooks: the forward itself is unchanged
+            self.taps = LayerTaps.shared(self.decoder, self.feature_layers)  # hooks: the forward itself is unchanged
 
     def __call__(self, ids, cache, mask=None, positions=None, last_logits_only: bool = False):
         """Logits [S or 1, V] and features [S, H] (with ``feature_layers``: [S, (n+1)*H], tapped layers first) of

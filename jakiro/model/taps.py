@@ -10,6 +10,7 @@ Layer indices are 0-based decoder layers: layer ``i``'s output is transformers' 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -55,6 +56,18 @@ class LayerTaps:
         self.stop = False
         self.handles = [layers[i].register_forward_hook(self._hook(i)) for i in self.feature_layers]
 
+    @classmethod
+    def shared(cls, decoder: nn.Module, feature_layers: Sequence[int]) -> LayerTaps:
+        """The one set of taps on ``feature_layers`` of ``decoder``, created on first use. Models that share a base
+        model (the benchmark's methods) share its hooks too: a compiled decoder then sees the same hooks whichever
+        model calls it, instead of recompiling for each new set (each model takes the outputs right after its own
+        forward, so sharing is safe)."""
+        key = tuple(check_feature_layers(feature_layers, len(decoder_layers(decoder))))
+        per_decoder = _SHARED.setdefault(decoder, {})
+        if key not in per_decoder:
+            per_decoder[key] = cls(decoder, key)
+        return per_decoder[key]
+
     def _hook(self, index: int):
         def keep(module, args, output):
             self.outputs[index] = output[0] if isinstance(output, tuple) else output
@@ -88,6 +101,11 @@ class LayerTaps:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        for per_decoder in _SHARED.values():  # a removed set of taps is no longer the shared one
+            for key in [key for key, taps in per_decoder.items() if taps is self]:
+                del per_decoder[key]
 
+
+_SHARED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], LayerTaps]] = weakref.WeakKeyDictionary()
 
 __all__ = ["LayerTaps", "check_feature_layers", "decoder_layers"]
