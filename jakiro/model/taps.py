@@ -52,7 +52,9 @@ class LayerTaps:
     def __init__(self, decoder: nn.Module, feature_layers: Sequence[int]) -> None:
         layers = decoder_layers(decoder)
         self.feature_layers = check_feature_layers(feature_layers, len(layers))
-        self.outputs: dict[int, torch.Tensor] = {}
+        # one slot per layer, always present (None until a forward fills it): a compiled decoder's hooks then
+        # always meet a dict of the same size, which torch.compile guards on
+        self.outputs: dict[int, torch.Tensor | None] = dict.fromkeys(self.feature_layers)
         self.stop = False
         self.handles = [layers[i].register_forward_hook(self._hook(i)) for i in self.feature_layers]
 
@@ -89,11 +91,11 @@ class LayerTaps:
 
     def take(self) -> torch.Tensor:
         """The tapped outputs of the latest forward concatenated on the last axis: ``[..., len(layers) * H]``."""
-        missing = [i for i in self.feature_layers if i not in self.outputs]
+        missing = [i for i in self.feature_layers if self.outputs[i] is None]
         if missing:
             raise RuntimeError(f"no output recorded for decoder layer(s) {missing}: run a forward first")
         out = torch.cat([self.outputs[i] for i in self.feature_layers], dim=-1)
-        self.outputs.clear()
+        self.outputs.update(dict.fromkeys(self.feature_layers))
         return out
 
     def remove(self) -> None:
