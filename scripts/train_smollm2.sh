@@ -36,7 +36,7 @@
 #   BASEPATH=DIR and DATA=FILE replace the embedded SmolLM2 and ShareGPT package (another base model
 #   needs its own chat template; the tests use a tiny model).
 set -euo pipefail
-DEFAULT_STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:6:1:2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:7::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=900,--eval-steps=450,--feature-layers=auto 13800:1:10::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=2400,--eval-steps=1200,--feature-layers=auto 13800:1:11::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=900,--eval-steps=900,--feature-layers=auto,--const=0.1"
+DEFAULT_STAGES="1830:2 1830:2 3600:1 3600:1:1 5000:4:3 11500:2:4::5e-4:0.02 11500:1:5::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:6:1:2e-4:0.02:--ttt-length=3,--warmup-steps=60,--eval-steps=1250 13800:1:7::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=900,--eval-steps=450,--feature-layers=auto 13800:1:10::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=2400,--eval-steps=1200,--feature-layers=auto 13800:1:11::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=900,--eval-steps=900,--feature-layers=auto,--const=0.1 13800:1:12::2e-4:0.02:--ttt-length=3,--warmup-steps=60,--max-steps=2400,--eval-steps=1200,--feature-layers=auto,--const=0.1"
 if [ -z "${STAGES:-}" ]; then
   if [ -n "${N:-}${EPOCHS:-}${CONTINUE_EPOCHS:-}" ]; then
     N=${N:-1830}
