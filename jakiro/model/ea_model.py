@@ -61,6 +61,11 @@ class SamplingSettings:
     processor: Any
 
 
+# compile_verification's probe: a prefix of PROBE_PREFIX tokens, then a 12-node tree with two branches (node i's parent)
+PROBE_PREFIX = 48
+PROBE_PARENTS = [-1, 0, 0, *range(1, 10)]
+
+
 class EaModel(nn.Module):
     """Speculative decoding wrapper: ``base_model`` (transformers), ``ea_layer`` (draft head), ``tokenizer``
     and ``drafter`` (how ``ea_layer`` grows trees; see ``drafter.py``).
@@ -378,7 +383,7 @@ class EaModel(nn.Module):
         expected = self._verification_probe()
         noise, flips_allowed = 0.0, 0
         if dtype in (torch.bfloat16, torch.float16):  # the eager forward's own rounding noise
-            moved = self._verification_probe(prefix_split=24)
+            moved = self._verification_probe(prefix_split=PROBE_PREFIX // 2)
             noise = (moved.float() - expected.float()).abs().max().item()
             flips_allowed = int((greedy_tokens(moved) != greedy_tokens(expected)).sum())
         self._base_forward.compile(mode)
@@ -400,26 +405,27 @@ class EaModel(nn.Module):
             )
 
     def _probe_cache(self) -> KVCache:
-        """A cache for ``_verification_probe``'s 48-token prefix and 12 nodes, with spare room as in decoding (no
-        exact-fit shape for a compiler to specialise on)."""
-        return KVCache(self.base_model.config.get_text_config().num_hidden_layers, 48 + 12 + 16)
+        """A cache for ``_verification_probe``'s prefix and tree, with spare room as in decoding (no exact-fit shape
+        for a compiler to specialise on)."""
+        capacity = PROBE_PREFIX + len(PROBE_PARENTS) + 16
+        return KVCache(self.base_model.config.get_text_config().num_hidden_layers, capacity)
 
     @torch.no_grad()
     def _verification_probe(self, prefix_split: int | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits of a fixed 12-node tree (two branches) verified after a fixed 48-token prefix, in ``cache`` (emptied
-        first; default: a new one): what ``compile_verification`` compares before and after compiling.
-        ``prefix_split`` caches the prefix in two forwards (its first ``prefix_split`` tokens, then the rest): the
-        same logits up to rounding."""
+        """Logits of a fixed tree (``PROBE_PARENTS``) verified after a fixed ``PROBE_PREFIX``-token prefix, in
+        ``cache`` (emptied first; default: a new one): what ``compile_verification`` compares before and after
+        compiling. ``prefix_split`` caches the prefix in two forwards (its first ``prefix_split`` tokens, then the
+        rest): the same logits up to rounding."""
         device = self.base_model.get_input_embeddings().weight.device
         vocab = self.base_model.get_input_embeddings().weight.shape[0]
-        prefix = (torch.arange(1, 49, device=device)[None] * (vocab // 49)) % vocab
-        parents = [-1, 0, 0] + list(range(1, 10))
+        prefix = (torch.arange(1, PROBE_PREFIX + 1, device=device)[None] * (vocab // (PROBE_PREFIX + 1))) % vocab
+        parents = list(PROBE_PARENTS)
         ancestors = torch.eye(len(parents), dtype=torch.bool, device=device)
         for node, parent in enumerate(parents):
             if parent >= 0:
                 ancestors[node] |= ancestors[parent]
         tree = DraftTree(
-            tokens=(torch.arange(len(parents), device=device) * (vocab // 13) + 3) % vocab,
+            tokens=(torch.arange(len(parents), device=device) * (vocab // (len(parents) + 1)) + 3) % vocab,
             parents=parents,
             depths=ancestors.sum(1) - 1,
             ancestors=ancestors,
