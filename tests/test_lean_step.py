@@ -98,45 +98,44 @@ def test_step_timer_splits_every_step_into_its_phases():
     assert "| jakiro | 0 |" in profile_markdown([row]) and f"| {row['above_alone']:+.0%} |" in profile_markdown([row])
 
 
+def _stand_in_compile(change):
+    """A stand-in for ``BaseForward.compile`` whose "compiled" decoder applies ``change`` to its features."""
+
+    def compile_(self, mode=None):
+        eager = self.decoder
+
+        def changed(*args, **kwargs):
+            out = eager(*args, **kwargs)
+            out.last_hidden_state = change(out.last_hidden_state)
+            return out
+
+        self.eager_decoder, self.decoder = eager, changed
+
+    return compile_
+
+
+def _perturbing_compile(scale: float):
+    """A stand-in compiler that adds fixed noise of ``scale`` times the features' mean size."""
+
+    def perturb(state):
+        noise = torch.randn(state.shape, generator=torch.Generator().manual_seed(0)).to(state.dtype)
+        return state + scale * state.abs().mean() * noise
+
+    return _stand_in_compile(perturb)
+
+
 def test_compiled_verification_is_refused_when_it_changes_the_logits(monkeypatch):
     """A compiler whose forward changes the logits (here: a decoder that reverses its features) is caught by the probe:
     compile_verification raises and the eager forward stays in use, still exact."""
     import jakiro.model.logits as logits_module
 
-    def wrong_compile(decoder, **_):
-        def shifted(*args, **kwargs):
-            out = decoder(*args, **kwargs)
-            out.last_hidden_state = out.last_hidden_state.flip(-1)
-            return out
-
-        return shifted
-
-    monkeypatch.setattr(logits_module.torch, "compile", wrong_compile)
+    monkeypatch.setattr(logits_module.BaseForward, "compile", _stand_in_compile(lambda state: state.flip(-1)))
     model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
     with pytest.raises(RuntimeError, match="changed the verification logits"):
         model.compile_verification()
     ids = prompt(1)
     reference = model.base_model.generate(ids, max_new_tokens=16, do_sample=False)
     assert torch.equal(model.eagenerate(ids, max_new_tokens=16), reference)
-
-
-def _perturbing_compile(scale: float):
-    """A stand-in for ``BaseForward.compile`` whose "compiled" decoder adds fixed noise of ``scale`` times the
-    features' mean size."""
-
-    def compile_(self, mode=None):
-        eager = self.decoder
-
-        def perturbed(*args, **kwargs):
-            out = eager(*args, **kwargs)
-            state = out.last_hidden_state
-            noise = torch.randn(state.shape, generator=torch.Generator().manual_seed(0)).to(state.dtype)
-            out.last_hidden_state = state + scale * state.abs().mean() * noise
-            return out
-
-        self.eager_decoder, self.decoder = eager, perturbed
-
-    return compile_
 
 
 def test_verification_probe_with_a_split_prefix_is_the_same_computation():
