@@ -47,13 +47,13 @@ def main() -> None:
     def verify(forward, context: int, kv=cache) -> torch.Tensor:
         tree = _chain_tree(12, torch.device("cpu"))
         kv.set_length(context)
-        mask = model._tree_mask(context, tree)
-        if forward is not eager and forward is not compiled:
-            mask = mask.float() if isinstance(mask, torch.Tensor) else {k: m.float() for k, m in mask.items()}
+        mask = model._tree_mask(context, tree)  # additive, in the base model's dtype: cast to this forward's
+        dtype = forward.model.dtype
+        mask = mask.to(dtype) if isinstance(mask, torch.Tensor) else {k: m.to(dtype) for k, m in mask.items()}
         return forward(tree.tokens[None], kv, mask, (tree.depths + context)[None])[0].float()
 
-    def greedy(logits: torch.Tensor) -> str:
-        return "equal" if torch.equal(logits[0].argmax(-1), logits[1].argmax(-1)) else "DIFFER"
+    def greedy(a: torch.Tensor, b: torch.Tensor) -> str:
+        return "equal" if torch.equal(a.argmax(-1), b.argmax(-1)) else "DIFFER"
 
     with torch.no_grad():
         eager(prompt, cache, last_logits_only=True)
@@ -63,7 +63,7 @@ def main() -> None:
         for context in (args.context, args.context + 3, args.context + 9, args.context + 20):
             a, b = verify(eager, context), verify(compiled, context)
             line = f"context {context}: compiled vs eager: largest logit difference {(a - b).abs().max().item():.3g}, "
-            line += f"greedy tokens {greedy((a, b))}"
+            line += f"greedy tokens {greedy(a, b)}"
             if half:
                 r = verify(reference, context, reference_cache)
                 for name, logits in (("eager", a), ("compiled", b)):
