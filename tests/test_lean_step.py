@@ -163,3 +163,39 @@ def test_compiled_verification_in_bfloat16_is_judged_against_rounding_noise(monk
         assert model._base_forward.decoder is model._base_forward.eager_decoder
     tokens = model.eagenerate(prompt(1), max_new_tokens=12)
     assert tokens.shape[1] == prompt(1).shape[1] + 12
+
+
+def test_bench_report_without_generate_leaves_the_speed_up_blank():
+    """A run of speculative methods only (e.g. comparing draft dtypes) has nothing to divide by."""
+    from jakiro.evaluation.bench import markdown
+
+    row = {
+        "method": "jakiro",
+        "temperature": 0.0,
+        "tau": 2.31,
+        "tokens_per_s": 17.7,
+        "speedup": None,
+        "draft_share": 0.16,
+        "peak_extra_mb": 6,
+        "weight_gbs": 4.2,
+        "identical": None,
+    }
+    result = {
+        "date": "2026-12-02",
+        "hardware": "a CPU",
+        "dtype": "float32",
+        "questions": 3,
+        "max_new_tokens": 128,
+        "tree": {"total_token": 12, "depth": 4, "top_k": 4},
+        "jakiro_star_tree": "small_15",
+        "draft_dtype": "bfloat16",
+        "draft_vocab_size": None,
+        "base_weight_mb": 513.1,
+        "memory_bandwidth_gbs": 32.0,
+        "rows": [row],
+    }
+    report = markdown(result)
+    assert "| jakiro | 0 | 2.31 | 17.7 | – | 16% |" in report
+    assert "| jakiro | 2.31 | 17.7 | – |" in report  # the hybrid ablation table
+    row["speedup"] = 1.5
+    assert "| jakiro | 0 | 2.31 | 17.7 | 1.50x | 16% |" in markdown(result)

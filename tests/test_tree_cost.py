@@ -50,6 +50,15 @@ def test_a_smaller_tree_is_the_best_ranked_part_of_the_largest():
         assert sorted(small.ranks[1:].tolist()) == list(range(size - 1))
 
 
+def test_costs_are_measured_with_a_draft_head_in_another_dtype():
+    """The benchmark's --profile times the draft call alone; a bf16 draft head beside a float32 base once crashed it."""
+    model = tiny_ea_model("llama", "sdpa", moe=True, depth=3, top_k=3)
+    model.set_draft_dtype(torch.bfloat16)
+    costs = tree_cost.measure_costs(model, sizes=(2, 4), shapes=((3, 3),), context=16, repeats=1)
+    assert set(costs.verify_ms) == {2, 4} and set(costs.draft_ms) == {"3,3"}
+    assert all(ms > 0 for ms in (*costs.verify_ms.values(), *costs.draft_ms.values(), costs.one_token_ms))
+
+
 def test_tuned_tree_is_the_predicted_best_and_stays_exact(tmp_path, monkeypatch):
     monkeypatch.setenv("JAKIRO_CACHE", str(tmp_path))
     model = tiny_ea_model("llama", "sdpa", total_token=-1, depth=3, top_k=4, eos=None)

@@ -448,6 +448,11 @@ def hardware(device: torch.device) -> str:
     return f"{processor_name()}, {os.cpu_count()} CPU cores"
 
 
+def _times(speedup: float | None) -> str:
+    """A speed-up as printed ("1.23x"), or "–" when the run had no ``generate`` to compare with."""
+    return "–" if speedup is None else f"{speedup:.2f}x"
+
+
 def markdown(result: dict) -> str:
     head = (
         f"{result['date']}, {result['hardware']}, {result['dtype']}, {result['questions']} MT-bench first turns, "
@@ -474,7 +479,7 @@ def markdown(result: dict) -> str:
         share = f"{r['draft_share']:.0%}" if r["draft_share"] is not None else "–"
         lines.append(
             f"| {r['method']} | {r['temperature']:g} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | "
-            f"{r['speedup']:.2f}x | {share} | {r['peak_extra_mb']:.0f} | {r['weight_gbs']:.1f} | "
+            f"{_times(r['speedup'])} | {share} | {r['peak_extra_mb']:.0f} | {r['weight_gbs']:.1f} | "
             f"{r['identical'] or '–'} |"
         )
     ablation = [r for r in result["rows"] if r["method"] in ABLATION and r["temperature"] == 0]
@@ -489,7 +494,7 @@ def markdown(result: dict) -> str:
         for name in ABLATION:
             for r in ablation:
                 if r["method"] == name:
-                    lines.append(f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |")
+                    lines.append(f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {_times(r['speedup'])} |")
     if result.get("profile"):
         lines += ["", profile_markdown(result["profile"])]
     return "\n".join(lines) + "\n"

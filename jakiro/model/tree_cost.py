@@ -137,7 +137,8 @@ def measure_costs(
         )
     head.reset_kv(context + max(TreeShape(2, d, k).cache_positions for d, k in shapes or ((1, 1),)) + 1)
     head.set_kv_length(0)
-    head(features[None], ids[:, 1:], use_cache=True, last_only=True)  # commits the context to the head's cache
+    # commits the context to the head's cache (in the head's dtype: a draft dtype may differ from the base's)
+    head(features[None].to(head.fc.weight.dtype), ids[:, 1:], use_cache=True, last_only=True)
 
     bar = tqdm(total=2 * (repeats + 1), desc="tree costs on this device", leave=False)
     verify_ms = _timed_round_robin(verify_calls, repeats, sync, bar)
