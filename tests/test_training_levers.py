@@ -507,6 +507,37 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
         read_split(str(workspace))
 
 
+def test_a_split_follows_conversations_into_another_folder_layout(tmp_path):
+    """Features recorded again elsewhere (another machine's folders) or self-distilled keep each conversation's side."""
+    previous = {"train": ["1/data_5.safetensors", "0/data_6.safetensors"], "test": ["1/data_7.safetensors"]}
+    previous["earlier"] = ["regen/0/data_8.safetensors"]
+    names = ["0/data_5", "0/data_7", "regen/0/data_7", "0/data_8", "0/data_9", "1/data_10", "1/data_11", "1/data_12"]
+    files = [str(tmp_path / f"{name}.safetensors") for name in names]
+    train_files, test_files = split(files, 0.5, previous, str(tmp_path))
+    held = {os.path.relpath(f, tmp_path) for f in test_files}
+    # data_7 was held out, in whichever folder; 5 and 8 were trained on; of the four new ones every second is held out
+    assert held == {
+        "0/data_7.safetensors",
+        "regen/0/data_7.safetensors",
+        "1/data_10.safetensors",
+        "1/data_12.safetensors",
+    }
+    assert len(train_files) + len(test_files) == len(files)
+    # --replay counts 5 and 8 as earlier conversations: the 2 new ones plus half as many (1) of them
+    replayed = [os.path.relpath(f, tmp_path) for f in replay_sample(train_files, previous, 0.5, 0, str(tmp_path))]
+    assert len(replayed) == 3 and {"0/data_9.safetensors", "1/data_11.safetensors"} <= set(replayed)
+    # a conversation trained on under one name and held out under another stays on the training side elsewhere
+    both = {"train": ["0/data_7.safetensors"], "test": ["regen/0/data_7.safetensors"]}
+    train_files, test_files = split([str(tmp_path / "1/data_7.safetensors")] + files[:1], 0.5, both, str(tmp_path))
+    assert [os.path.relpath(f, tmp_path) for f in test_files] == [
+        "0/data_5.safetensors"
+    ]  # at least one is held out: the new one
+    # names the split holds keep their own side
+    assert split([str(tmp_path / "regen/0/data_7.safetensors")], 0.5, both, str(tmp_path))[1] == [
+        str(tmp_path / "regen/0/data_7.safetensors")
+    ]
+
+
 def run_recipe(workspace, run, stages, archs="jakiro jakiro_star", **extra):  # noqa: F811
     """``scripts/train_smollm2.sh`` on the tiny base model and conversations (``extra``: more settings); its
     completed process."""

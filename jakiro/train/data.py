@@ -28,20 +28,32 @@ def split(
     ``previous`` (an earlier run's ``split.json``, see :func:`read_split`; names relative to ``root``)
     keeps each file it names on its side (``earlier`` names count as training ones) and applies the rule to the
     others only, so a head continued on grown data never finds a conversation it trained on among the held-out
-    ones.
+    ones. A file ``previous`` does not name takes the side of a named one recording the same conversation
+    (``data_<position>`` in another folder: features recorded again on another machine, or its self-distilled
+    version), the training side if any such one was trained on.
     """
     if test_fraction <= 0 or not files:
         return list(files), []
     step = max(2, round(1 / test_fraction))
-    side = {}
+    side, conversation_side = {}, {}
     if previous:
         side = {name: False for name in trained_on(previous)} | {name: True for name in previous["test"]}
+        held_out = {conversation(name) for name in previous["test"]}
+        conversation_side = {key: True for key in held_out} | {
+            conversation(name): False for name in trained_on(previous)
+        }
     names = [os.path.relpath(f, root) for f in files]
-    new = [f for f, name in zip(files, names) if name not in side]
-    held = {f for f, name in zip(files, names) if side.get(name)} | set(new[step - 1 :: step])
+    sides = [side.get(name, conversation_side.get(conversation(name))) for name in names]
+    new = [f for f, known in zip(files, sides) if known is None]
+    held = {f for f, known in zip(files, sides) if known} | set(new[step - 1 :: step])
     if not held:
         held = {files[-1]}
     return [f for f in files if f not in held], [f for f in files if f in held]
+
+
+def conversation(name: str) -> str:
+    """Which conversation a sample file records: its ``data_<position>`` name, whatever folder holds it."""
+    return os.path.basename(name)
 
 
 def trained_on(previous: dict[str, list[str]]) -> set[str]:
@@ -64,10 +76,11 @@ def replay_sample(
     many of those it trained on (a sample drawn with ``seed``), in ``train_files``' order.
 
     A head continued on grown data then spends its steps mostly on conversations it has not seen, while the
-    replayed ones keep it from forgetting the earlier data (names relative to ``root``, as in :func:`split`).
+    replayed ones keep it from forgetting the earlier data (names relative to ``root``; conversations recognised
+    in any folder, as in :func:`split`).
     """
-    earlier = trained_on(previous)
-    old = [f for f in train_files if os.path.relpath(f, root) in earlier]
+    earlier = {conversation(name) for name in trained_on(previous)}
+    old = [f for f in train_files if conversation(os.path.relpath(f, root)) in earlier]
     count = min(len(old), round(ratio * (len(train_files) - len(old))))
     generator = torch.Generator().manual_seed(seed)
     dropped = set(old) - {old[i] for i in torch.randperm(len(old), generator=generator)[:count].tolist()}
