@@ -199,3 +199,18 @@ def test_bench_report_without_generate_leaves_the_speed_up_blank():
     assert "| jakiro | 2.31 | 17.7 | – |" in report  # the hybrid ablation table
     row["speedup"] = 1.5
     assert "| jakiro | 0 | 2.31 | 17.7 | 1.50x | 16% |" in markdown(result)
+
+
+def test_compiled_decoding_does_not_recompile_mid_answer():
+    """compile_verification meets every form of the forward decoding uses (new and reused cache, trees, one token),
+    so answers of any length after it run without compiling again (a recompile once landed inside a benchmark)."""
+    import torch._dynamo
+
+    model = tiny_ea_model("llama", "sdpa", total_token=10, depth=3, top_k=3, eos=None)
+    model.compile_verification()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed, tokens in ((1, 30), (2, 12), (3, 40)):  # a new cache, then reused ones
+            ids = prompt(seed)
+            reference = model.base_model.generate(ids, max_new_tokens=tokens, do_sample=False)
+            assert torch.equal(model.eagenerate(ids, max_new_tokens=tokens), reference)
+            assert torch.equal(model.naivegenerate(ids, max_new_tokens=tokens), reference)

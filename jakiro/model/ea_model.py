@@ -403,6 +403,20 @@ class EaModel(nn.Module):
                 f"allowed {allowed:.3g}; {flips} greedy tokens changed, allowed {flips_allowed}) for this model in "
                 f"{dtype}: not compiled, the eager forward stays in use"
             )
+        self._warm_up_decoding()
+
+    @torch.no_grad()
+    def _warm_up_decoding(self) -> None:
+        """Decode a few tokens the ways decoding does (a prefill into a new cache and into a reused one, tree forwards,
+        one-token forwards), so that the compiled forward meets each form here and not mid-answer, where compiling
+        one would cost seconds to minutes (it did: a benchmark's first reused cache recompiled inside its timing)."""
+        vocab = self.base_model.get_input_embeddings().weight.shape[0]
+        device = self.base_model.get_input_embeddings().weight.device
+        ids = (torch.arange(1, PROBE_PREFIX // 2 + 1, device=device)[None] * (vocab // (PROBE_PREFIX + 1))) % vocab
+        self.cache = None
+        for _ in range(2):  # the second reuses the first's cache
+            self.eagenerate(ids, max_new_tokens=4)
+        self.naivegenerate(ids, max_new_tokens=3)
 
     def _probe_cache(self) -> KVCache:
         """A cache for ``_verification_probe``'s prefix and tree, with spare room as in decoding (no exact-fit shape
