@@ -378,7 +378,8 @@ class EaModel(nn.Module):
         (``RuntimeError``, the eager forward stays) if it changes the logits by more than the allowed amount: in
         float32, ``tolerance`` times the largest logit and no greedy token; in half precision, where the eager
         forward itself moves by rounding when the same prefix is cached in two pieces instead of one, the larger
-        of that and twice the eager forward's own movement, and no more greedy tokens than it flips."""
+        of that and twice the eager forward's own movement, and no more greedy tokens than it flips. Then it decodes a
+        few tokens, so that every form of the forward decoding meets is compiled before the first answer."""
         dtype = self.base_model.dtype
         expected = self._verification_probe()
         noise, flips_allowed = 0.0, 0
@@ -410,13 +411,17 @@ class EaModel(nn.Module):
         """Decode a few tokens the ways decoding does (a prefill into a new cache and into a reused one, tree forwards,
         one-token forwards), so that the compiled forward meets each form here and not mid-answer, where compiling
         one would cost seconds to minutes (it did: a benchmark's first reused cache recompiled inside its timing)."""
-        vocab = self.base_model.get_input_embeddings().weight.shape[0]
-        device = self.base_model.get_input_embeddings().weight.device
-        ids = (torch.arange(1, PROBE_PREFIX // 2 + 1, device=device)[None] * (vocab // (PROBE_PREFIX + 1))) % vocab
+        ids = self._probe_ids(PROBE_PREFIX // 2)
         self.cache = None
         for _ in range(2):  # the second reuses the first's cache
             self.eagenerate(ids, max_new_tokens=4)
         self.naivegenerate(ids, max_new_tokens=3)
+
+    def _probe_ids(self, length: int) -> torch.Tensor:
+        """``length`` fixed token ids [1, length] spread over the vocabulary: the probe's prefix and the warm-up's prompt."""
+        embeddings = self.base_model.get_input_embeddings().weight
+        vocab = embeddings.shape[0]
+        return (torch.arange(1, length + 1, device=embeddings.device)[None] * (vocab // (PROBE_PREFIX + 1))) % vocab
 
     def _probe_cache(self) -> KVCache:
         """A cache for ``_verification_probe``'s prefix and tree, with spare room as in decoding (no exact-fit shape
@@ -432,7 +437,7 @@ class EaModel(nn.Module):
         rest): the same logits up to rounding."""
         device = self.base_model.get_input_embeddings().weight.device
         vocab = self.base_model.get_input_embeddings().weight.shape[0]
-        prefix = (torch.arange(1, PROBE_PREFIX + 1, device=device)[None] * (vocab // (PROBE_PREFIX + 1))) % vocab
+        prefix = self._probe_ids(PROBE_PREFIX)
         parents = list(PROBE_PARENTS)
         ancestors = torch.eye(len(parents), dtype=torch.bool, device=device)
         for node, parent in enumerate(parents):
