@@ -38,10 +38,8 @@ def split(
     side, conversation_side = {}, {}
     if previous:
         side = {name: False for name in trained_on(previous)} | {name: True for name in previous["test"]}
-        held_out = {conversation(name) for name in previous["test"]}
-        conversation_side = {key: True for key in held_out} | {
-            conversation(name): False for name in trained_on(previous)
-        }
+        conversation_side = {conversation(name): True for name in previous["test"]}
+        conversation_side |= {conversation(name): False for name in trained_on(previous)}  # trained-on wins
     names = [os.path.relpath(f, root) for f in files]
     sides = [side.get(name, conversation_side.get(conversation(name))) for name in names]
     new = [f for f, known in zip(files, sides) if known is None]
