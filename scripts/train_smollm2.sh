@@ -14,7 +14,8 @@
 #   FLAGS passes any other train.main flags to the stage, comma-separated, each --name or --name=value
 #   ("--ttt-length=3,--warmup-steps=60": the training-time test over 3 steps, 60 warm-up steps).
 #   A stage with --feature-layers=auto (the head also reads a low and a middle base layer, EAGLE-3's fused
-#   features) first adds those layers' outputs to every recorded sample (jakiro.ge_data.layer_features).
+#   features) records those layers' outputs with its new samples and adds them to earlier stages' samples
+#   (jakiro.ge_data.layer_features).
 #   Jakiro* runs the first stage only, with STAR_EPOCHS epochs (the smaller budget issue #10 allows).
 #   The default STAGES is the recipe of the shipped heads (docs/training_plan.md). The older two-run
 #   form N=.. EPOCHS=.. CONTINUE_EPOCHS=.. still works (STAGES="N:EPOCHS N:CONTINUE_EPOCHS").
@@ -121,15 +122,18 @@ for STAGE in $STAGES; do
       "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")" \
       "${STAGE_EXTRA:+with ${STAGE_EXTRA//,/ }}"
   ORIGINAL_END=$([ "$REGENERATE_FROM" != none ] && [ "$REGENERATE_FROM" -lt "$STAGE_N" ] && echo "$REGENERATE_FROM" || echo "$STAGE_N")
+  LAYERS=$(grep -o -- '--feature-layers=[^,]*' <<< "$STAGE_EXTRA" | cut -d= -f2 || true)
+  TAPS=()  # new samples record the stage's tapped layers in the same forward
+  [ -n "$LAYERS" ] && TAPS=(--feature-layers "$LAYERS")
   $PY -m jakiro.ge_data.allocation --outdir "$RUN/data" --template chat_template --start 0 --end "$ORIGINAL_END" \
-      --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${EXTRA[@]}"
+      --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${TAPS[@]}" "${EXTRA[@]}"
   if [ "$ORIGINAL_END" -lt "$STAGE_N" ]; then
     echo "conversations $ORIGINAL_END-$((STAGE_N - 1)) with SmolLM2's own greedy replies (REGENERATE_FROM)"
     $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/regen" --template chat_template --start "$ORIGINAL_END" \
-        --end "$STAGE_N" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${SELF_DISTIL[@]}"
+        --end "$STAGE_N" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${TAPS[@]}" \
+        "${SELF_DISTIL[@]}"
   fi
-  LAYERS=$(grep -o -- '--feature-layers=[^,]*' <<< "$STAGE_EXTRA" | cut -d= -f2 || true)
-  if [ -n "$LAYERS" ]; then
+  if [ -n "$LAYERS" ]; then  # samples of earlier stages, recorded without them
     echo "outputs of base layers '$LAYERS' added to every sample (the stage's --feature-layers)"
     $PY -m jakiro.ge_data.layer_features "$RUN/data" --feature-layers "$LAYERS" --dtype "$FEATURE_DTYPE" "${SOURCE[@]}"
   fi

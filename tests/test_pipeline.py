@@ -174,6 +174,21 @@ def features(workspace):
     return workspace / "features"
 
 
+def test_ge_data_records_the_base_models_final_norm_features(workspace, features):
+    """The recorded ``hidden_state`` is what the runtime feeds the head: the last entry of the base model's
+    ``hidden_states`` (after the final norm), computed without the LM head."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(workspace / "base", dtype=torch.float32).eval()
+    paths = sorted((features / "0").glob("*.safetensors"))
+    assert paths
+    for path in paths[:3]:
+        sample = load_file(str(path))
+        with torch.no_grad():
+            expected = model(sample["input_ids"][None], output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(sample["hidden_state"].float(), expected.half().float(), rtol=0, atol=1e-3)
+
+
 def train(workspace, features, cpdir, *extra):
     train_module.main(
         [

@@ -602,6 +602,15 @@ def test_a_recipe_stage_with_feature_layers_records_them_first(workspace):  # no
     assert metrics(run / "jakiro-2")[0]["test/moe_top1"] == pytest.approx(metrics(run / "jakiro")[-1]["test/moe_top1"])
 
 
+def test_a_first_stage_with_feature_layers_records_them_in_the_same_pass(workspace):  # noqa: F811
+    run = workspace / "recipe-layers-first"
+    done = run_recipe(workspace, run, "4:1:0::::--feature-layers=auto", archs="jakiro")
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = len(list((run / "data").rglob("*.safetensors")))
+    assert recorded > 0 and f"{recorded} samples, {recorded} already hold layers" in done.stdout  # no second pass
+    assert EConfig.from_pretrained(run / "jakiro" / "state_0").feature_layers == [0]
+
+
 def learned_runs(mask: torch.Tensor) -> int:
     """Contiguous stretches of learned (assistant) tokens in a sample's loss mask."""
     mask = mask.bool()

@@ -206,7 +206,8 @@ def main(template: str | None = None, argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.basepath, dtype=dtype, device_map=device).eval()
     save_dtype = getattr(torch, args.save_dtype)
     feature_layers = parse_feature_layers(args.feature_layers, model.config.get_text_config().num_hidden_layers)
-    taps = LayerTaps(model.get_decoder(), feature_layers) if feature_layers else None
+    decoder = model.get_decoder()
+    taps = LayerTaps(decoder, feature_layers) if feature_layers else None
     skipped = 0
     batch_size = args.regenerate_batch_size if args.regenerate else 1
     progress = tqdm(total=len(pending), desc=f"ge_data {args.template} [{args.index}]")
@@ -228,11 +229,11 @@ def main(template: str | None = None, argv=None) -> None:
             if int(loss_mask.sum()) == 0:
                 skipped += 1  # truncation cut every reply: nothing to learn
                 continue
-            with torch.no_grad():
-                out = model(input_ids[None].to(model.device), output_hidden_states=True)
+            with torch.no_grad():  # the decoder alone: its final-norm output, no logits over the vocabulary
+                hidden = decoder(input_ids=input_ids[None].to(model.device), use_cache=False).last_hidden_state
             sample = {
                 "input_ids": input_ids,
-                "hidden_state": out.hidden_states[-1][0].to("cpu", save_dtype),
+                "hidden_state": hidden[0].to("cpu", save_dtype),
                 "loss_mask": loss_mask,
             }
             if taps is not None:
