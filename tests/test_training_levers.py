@@ -24,7 +24,16 @@ from jakiro.device import processor_name
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.model.ea_model import EaModel
-from jakiro.train.data import data_size, read_split, replay_sample, sample_files, split, token_ranking
+from jakiro.train.data import (
+    data_size,
+    earlier_names,
+    read_split,
+    replay_sample,
+    sample_files,
+    split,
+    token_ranking,
+    write_split,
+)
 from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 from jakiro.train.main import branch_terms, cpu_has_fast_bf16, draft_vocab, resolve_mixed_precision
 from jakiro.train.warm_start import feature_scale, load_base_layer, warm_start
@@ -672,3 +681,26 @@ def test_max_steps_ends_the_schedule_there_and_a_resumed_finished_run_stays_fini
     assert sorted(p.name for p in cpdir.glob("state_*")) == ["state_0", "state_1"]
     train(workspace, features, cpdir, "--num-epochs", "3", "--max-steps", "7", "--ttt-length", "3", "--resume")
     assert metrics(cpdir) == history and not (cpdir / "state_2").exists()
+
+
+def test_a_run_on_part_of_the_data_keeps_the_rest_of_the_split(tmp_path):
+    """A continuation recorded on fewer conversations than its head saw (a fresh machine re-recording part of the
+    data) writes the absent ones into its split by side, so a later ``--split-from`` on all of them still holds out
+    exactly the conversations held out before and never the trained-on ones."""
+    previous = {"train": [f"0/data_{i}.safetensors" for i in (0, 1, 2, 4, 5, 6)], "test": ["0/data_3.safetensors"]}
+    previous["test"] += ["0/data_7.safetensors"]
+    part = [str(tmp_path / f"0/data_{i}.safetensors") for i in range(4)]
+    train_files, test_files = split(part, 0.5, previous, str(tmp_path))
+    absent = earlier_names(previous, train_files, test_files, str(tmp_path))
+    assert absent == {
+        "earlier": ["0/data_4.safetensors", "0/data_5.safetensors", "0/data_6.safetensors"],
+        "earlier_test": ["0/data_7.safetensors"],
+    }
+    write_split(str(tmp_path), train_files, test_files, str(tmp_path), absent)
+    recorded = read_split(str(tmp_path))
+    everything = [str(tmp_path / f"1/data_{i}.safetensors") for i in range(8)]  # recorded again, another folder
+    held = [os.path.basename(f) for f in split(everything, 0.5, recorded, str(tmp_path))[1]]
+    assert held == ["data_3.safetensors", "data_7.safetensors"]
+    # without the record, the absent held-out conversation would be new and every second new one trained on
+    del recorded["earlier_test"]
+    assert "data_7.safetensors" not in [os.path.basename(f) for f in split(everything, 0.5, recorded, str(tmp_path))[1]]

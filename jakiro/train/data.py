@@ -26,7 +26,8 @@ def split(
     """Deterministic split: every ``1/test_fraction``-th file is held out (at least one).
 
     ``previous`` (an earlier run's ``split.json``, see :func:`read_split`; names relative to ``root``)
-    keeps each file it names on its side (``earlier`` names count as training ones) and applies the rule to the
+    keeps each file it names on its side (``earlier`` names count as training ones, ``earlier_test`` as held-out
+    ones) and applies the rule to the
     others only, so a head continued on grown data never finds a conversation it trained on among the held-out
     ones. A file ``previous`` does not name takes the side of a named one recording the same conversation
     (``data_<position>`` in another folder: features recorded again on another machine, or its self-distilled
@@ -37,8 +38,8 @@ def split(
     step = max(2, round(1 / test_fraction))
     side, conversation_side = {}, {}
     if previous:
-        side = {name: False for name in trained_on(previous)} | {name: True for name in previous["test"]}
-        conversation_side = {conversation(name): True for name in previous["test"]}
+        side = {name: False for name in trained_on(previous)} | {name: True for name in held_out(previous)}
+        conversation_side = {conversation(name): True for name in held_out(previous)}
         conversation_side |= {conversation(name): False for name in trained_on(previous)}  # trained-on wins
     names = [os.path.relpath(f, root) for f in files]
     sides = [side.get(name, conversation_side.get(conversation(name))) for name in names]
@@ -59,12 +60,23 @@ def trained_on(previous: dict[str, list[str]]) -> set[str]:
     return set(previous["train"]) | set(previous.get("earlier", ()))
 
 
-def earlier_names(previous: dict[str, list[str]], train: list[str], test: list[str], root: str) -> list[str]:
-    """The names ``previous``'s head trained on that this run neither trains on nor holds out (a ``--replay``
-    run's unsampled conversations), recorded as ``earlier`` so a later ``--split-from`` keeps them on the
-    training side."""
+def held_out(previous: dict[str, list[str]]) -> set[str]:
+    """Every file name a recorded split holds out: this run's ``test`` and those earlier runs held out that its data
+    lacked (``earlier_test``)."""
+    return set(previous["test"]) | set(previous.get("earlier_test", ()))
+
+
+EARLIER_KEYS = ("earlier", "earlier_test")  # a split's record of files earlier runs used that this run does not
+
+
+def earlier_names(previous: dict[str, list[str]], train: list[str], test: list[str], root: str) -> dict[str, list[str]]:
+    """The names ``previous`` records that this run neither trains on nor holds out, by side: ``earlier``, those its
+    head trained on (a ``--replay`` run's unsampled conversations, or a run on part of the data), and
+    ``earlier_test``, those held out (a run on part of the data). Recorded in the new split, they keep a later
+    ``--split-from`` from moving a conversation to the other side; empty sides are left out."""
     current = {os.path.relpath(f, root) for f in (*train, *test)}
-    return sorted(trained_on(previous) - current)
+    absent = {"earlier": sorted(trained_on(previous) - current), "earlier_test": sorted(held_out(previous) - current)}
+    return {key: names for key, names in absent.items() if names}
 
 
 def replay_sample(
@@ -98,18 +110,22 @@ def read_split(path: str) -> dict[str, list[str]]:
         recorded = json.load(f)
     if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), list) for k in ("train", "test")):
         raise ValueError(f"{path}: expected {{'train': [...], 'test': [...]}} file lists")
-    if not isinstance(recorded.get("earlier", []), list):
-        raise ValueError(f"{path}: 'earlier' must be a list of file names")
+    for key in EARLIER_KEYS:
+        if not isinstance(recorded.get(key, []), list):
+            raise ValueError(f"{path}: '{key}' must be a list of file names")
     return recorded
 
 
-def write_split(folder: str, train: list[str], test: list[str], root: str, earlier: list[str] = ()) -> None:
-    """Record which files (relative to ``root``) a run trains on and holds out, atomically; ``earlier``: names
-    that earlier runs of the same head trained on and this one does not (kept out of any later held-out split)."""
+def write_split(
+    folder: str, train: list[str], test: list[str], root: str, earlier: dict[str, list[str]] | None = None
+) -> None:
+    """Record which files (relative to ``root``) a run trains on and holds out, atomically; ``earlier``: the names
+    earlier runs of the same head used and this one does not, by side (see :func:`earlier_names`)."""
     path = os.path.join(folder, SPLIT_FILE)
     recorded = {"train": [os.path.relpath(x, root) for x in train], "test": [os.path.relpath(x, root) for x in test]}
-    if earlier:
-        recorded["earlier"] = list(earlier)
+    for key in EARLIER_KEYS:
+        if earlier and earlier.get(key):
+            recorded[key] = list(earlier[key])
     with open(path + ".tmp", "w") as f:
         json.dump(recorded, f)
     os.replace(path + ".tmp", path)

@@ -45,6 +45,7 @@ from ..model.checkpoint import read_draft_vocab, save_draft_head, save_draft_voc
 from ..model.cnets import Model
 from ..model.configs import EConfig
 from .data import (
+    EARLIER_KEYS,
     SPLIT_FILE,
     FeatureDataset,
     collate,
@@ -462,7 +463,7 @@ def run(args: argparse.Namespace) -> None:
     device = accelerator.device
     head_weight = head_weight.to(device)
     model = make_head(args, config, embedding_weight.to(device))
-    train_files, test_files, trained_earlier, split_note = choose_split(args)
+    train_files, test_files, absent, split_note = choose_split(args)
     train_set = FeatureDataset(train_files, args.max_len, config.feature_layers)
     test_set = FeatureDataset(test_files, args.max_len, config.feature_layers)
     start = "random"
@@ -510,7 +511,7 @@ def run(args: argparse.Namespace) -> None:
     )
     os.makedirs(args.cpdir, exist_ok=True)
     if accelerator.is_main_process:
-        write_split(args.cpdir, train_files, test_files, args.tmpdir, trained_earlier)
+        write_split(args.cpdir, train_files, test_files, args.tmpdir, absent)
         # with the machine and the precision `auto` resolved to, so a model card can say what trained each run
         write_args(
             args.cpdir,
@@ -647,8 +648,8 @@ def run(args: argparse.Namespace) -> None:
         save_checkpoint(epoch + 1, 0)
 
 
-def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], str]:
-    """Training and held-out files, the names earlier runs trained on that this one leaves out, and a note.
+def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, list[str]], str]:
+    """Training and held-out files, the names earlier runs used that this one leaves out (by side), and a note.
 
     A resumed run keeps the split it recorded (files added since are left out); ``--split-from`` keeps an
     earlier run's sides and splits only new files (``--replay``: training on the new ones plus a seeded sample of
@@ -666,7 +667,8 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
                 f"{recorded} names {len(names) - len(present)} sample file(s) missing under {args.tmpdir}"
             )
         train_files, test_files = split(present, args.test_fraction, previous, args.tmpdir)
-        return train_files, test_files, previous.get("earlier", []), f" (the split recorded in {recorded})"
+        kept = {key: previous[key] for key in EARLIER_KEYS if key in previous}
+        return train_files, test_files, kept, f" (the split recorded in {recorded})"
     if args.split_from:
         previous = read_split(args.split_from)
         train_files, test_files = split(files, args.test_fraction, previous, args.tmpdir)
@@ -676,7 +678,7 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
             train_files = replay_sample(train_files, previous, args.replay, args.seed, args.tmpdir)
             note += f"; training on the new conversations plus {args.replay:g}x as many earlier ones"
         return train_files, test_files, earlier_names(previous, train_files, test_files, args.tmpdir), note
-    return *split(files, args.test_fraction), [], ""
+    return *split(files, args.test_fraction), {}, ""
 
 
 def time_steps(model, dataset, head_weight, vocab: DraftVocab, args, accelerator, steps: int = 3) -> float:
