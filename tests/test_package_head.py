@@ -91,6 +91,9 @@ def test_package_head_continues_a_shipped_head(workspace, features):  # noqa: F8
     assert "1 + 1 = 2 epochs" in card and "seeds 3 / 4" in card
     assert "weighted by `--const`, which changed between runs (run 1: 0.5, run 2: 0.1)" in card
     assert "tau = 1.50 tokens per verification step" in card and "skipped the plain-decoding pass" in card
+    # the first run's data bullet comes along, labelled, beside the second run's own
+    first_data = next(line for line in (first / "README.md").read_text().splitlines() if line.startswith("* Data: "))
+    assert "* Data of run 1: " + first_data[len("* Data: ") :] in card and "\n* Data of run 2: ShareGPT V3" in card
     first_card = (first / "README.md").read_text()
     assert "changed between runs" not in first_card and "plain-decoding pass" not in first_card
     loads_and_drafts_losslessly(workspace, second)
