@@ -238,7 +238,9 @@ def test_command_line_serves_the_embedded_model():
         env=env,
     )
     try:
-        url = wait_for_line(process, r"Jakiro web UI running at (\S+)", timeout=120)[1]
+        # the first start on a new machine measures its tree costs at this thread count before serving (cached
+        # after): 25 s alone on a 2-core AMD EPYC, but inside the suite it passed 120 s on two fresh machines
+        url = wait_for_line(process, r"Jakiro web UI running at (\S+)", timeout=600)[1]
         assert url.rstrip("/") == f"http://127.0.0.1:{port}"
         # tree size 3: within the slider's range whatever tree the embedded default tuned for this machine
         # (its maximum is 1 + top_k + depth * top_k**2 of that tree, at least 3)
