@@ -28,9 +28,9 @@ def split(
     ``previous`` (an earlier run's ``split.json``, see :func:`read_split`; names relative to ``root``)
     keeps each file it names on its side (``earlier`` names count as training ones, ``earlier_test`` as held-out
     ones) and applies the rule to the others only, so a head continued on grown data never finds a conversation it
-    trained on among the held-out ones. A file ``previous`` does not name takes the side of a named one recording the same conversation
-    (``data_<position>`` in another folder: features recorded again on another machine, or its self-distilled
-    version), the training side if any such one was trained on.
+    trained on among the held-out ones. A file ``previous`` does not name takes the side of a named one recording the
+    same conversation (``data_<position>`` in another folder: features recorded again on another machine, or its
+    self-distilled version), the training side if any such one was trained on.
     """
     if test_fraction <= 0 or not files:
         return list(files), []
