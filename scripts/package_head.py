@@ -89,7 +89,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--dest", default=None, help="head folder to write (default: jakiro/heads/smollm2-135m-instruct-<arch>)"
     )
-    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help="the data's token cut (default: the last run's args.json, else 1024)",
+    )
     parser.add_argument(
         "--basepath", default=None, help="the base model the head drafts for (default: the embedded SmolLM2)"
     )
@@ -139,6 +144,8 @@ def main(argv=None) -> None:
         args.seeds = [r["seed"] for r in recorded] if all(recorded) else [0]
     if args.lr is None:
         args.lr = f"{recorded[-1]['lr']:g}" if recorded[-1] else "3e-4"
+    if args.max_len is None:
+        args.max_len = recorded[-1]["max_len"] if recorded[-1] and "max_len" in recorded[-1] else 1024
     if len(args.seeds) not in (1, len(cpdirs)):
         raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
     sizes = [split_sizes(d) for d in cpdirs]

@@ -68,20 +68,35 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
 
 def test_package_head_continues_a_shipped_head(workspace, features):  # noqa: F811
     """A second run from a packaged head (``--init-from``, another ``--const``) packaged with ``--continued-from``:
-    the card counts both runs, says that the loss weight changed, and says when τ skipped the identity pass."""
+    the card counts both runs, says that the loss weight changed, and says when τ skipped the identity pass; with
+    no ``--max-len`` the card's data cut is the one each run recorded."""
     run = workspace / "continue-run"
     os.makedirs(run)
     os.symlink(features, run / "data")
     package = load_script("scripts/package_head.py")
     first, second = workspace / "continue-first", workspace / "continue-second"
-    common = ["--run", str(run), "--arch", "jakiro", "--basepath", str(workspace / "base"), "--max-len", "512"]
+    common = ["--run", str(run), "--arch", "jakiro", "--basepath", str(workspace / "base")]
     train(workspace, features, run / "jakiro", "--num-epochs", "1", "--seed", "3")
     package.main([*common, "--dest", str(first), "--command", "CMD"])
     tau_file = run / "tau.json"
     settings = {"questions": 80, "max_new_tokens": 128, "total_token": 12, "depth": 4, "top_k": 4, "no_plain": True}
     tau_file.write_text(json.dumps({"settings": settings, "heads": {"jakiro": {"tau": 1.5}}}))
     cpdir = workspace / "continue-b"
-    train(workspace, features, cpdir, "--num-epochs", "1", "--seed", "4", "--const", "0.1", "--init-from", str(first))
+    train(
+        workspace,
+        features,
+        cpdir,
+        "--num-epochs",
+        "1",
+        "--seed",
+        "4",
+        "--const",
+        "0.1",
+        "--init-from",
+        str(first),
+        "--max-len",
+        "384",
+    )
     package.main(
         [*common, "--cpdir", str(cpdir), "--continued-from", str(first), "--dest", str(second)]
         + ["--tau-file", str(tau_file), "--command", "CMD2"]
@@ -89,6 +104,7 @@ def test_package_head_continues_a_shipped_head(workspace, features):  # noqa: F8
     card = (second / "README.md").read_text()
     assert sorted(os.listdir(second / "training_log")) == ["0", "1"]
     assert "1 + 1 = 2 epochs" in card and "seeds 3 / 4" in card
+    assert "cut at 384 tokens" in card and "cut at 2048 tokens" in (first / "README.md").read_text()  # args.json's
     assert "weighted by `--const`, which changed between runs (run 1: 0.5, run 2: 0.1)" in card
     assert "tau = 1.50 tokens per verification step" in card and "skipped the plain-decoding pass" in card
     # the first run's data bullet comes along, labelled, beside the second run's own
