@@ -29,6 +29,42 @@ def processor_name(device: str | torch.device = "cpu") -> str:
         return platform.processor() or platform.machine()
 
 
+def _cpuinfo_field(cpuinfo: str, name: str) -> str | None:
+    """The first ``name : value`` of ``/proc/cpuinfo`` text, or None."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name with its family/model and matrix units, e.g. "AMD EPYC (family 26 model 2;
+    AVX-512, avx512_bf16, no AMX)": CPUs sold under one name differ in both, and so do their timings.
+    Reads ``/proc/cpuinfo`` (or the given text); the bare :func:`processor_name` where it cannot."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return processor_name()
+    name = _cpuinfo_field(cpuinfo, "model name")
+    if name is None:
+        return processor_name()
+    flags = set((_cpuinfo_field(cpuinfo, "flags") or "").split())
+    if "amx_bf16" in flags:
+        units = "AMX, avx512_bf16" if "avx512_bf16" in flags else "AMX"
+    elif "avx512f" in flags:
+        units = "AVX-512, avx512_bf16, no AMX" if "avx512_bf16" in flags else "AVX-512 without bf16, no AMX"
+    elif "avx2" in flags:
+        units = "AVX2, no AVX-512"
+    else:
+        units = "no AVX2"
+    family, model = _cpuinfo_field(cpuinfo, "cpu family"), _cpuinfo_field(cpuinfo, "model")
+    kind = f"family {family} model {model}; " if family and model else ""
+    return f"{name} ({kind}{units})"
+
+
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX); without it bf16 is slower than fp32.
 
@@ -75,4 +111,4 @@ def dtype_warning(dtype: torch.dtype, device: str | torch.device = "cpu") -> str
     return note
 
 
-__all__ = ["DTYPE_CHOICES", "cpu_has_fast_bf16", "dtype_warning", "resolve_dtype"]
+__all__ = ["DTYPE_CHOICES", "cpu_description", "cpu_has_fast_bf16", "dtype_warning", "resolve_dtype"]

@@ -43,3 +43,16 @@ def test_the_web_ui_and_demo_tune_the_embedded_tree_unless_told(monkeypatch):
     trees = [(kw["total_token"], kw["depth"], kw["top_k"]) for _, kw in calls]
     assert trees == [(None, None, None), (12, 5, 10), (60, 5, 10), (None, None, None)]
     assert all(kw["dtype"] == torch.float32 for _, kw in calls)
+
+
+def test_cpu_description_names_family_model_and_matrix_units():
+    """Two machines here are both "AMD EPYC" and time differently: every measurement line says which."""
+    zen5 = "model name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    xeon = "model name\t: Intel(R) Xeon(R) Processor\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: avx2 avx512f"
+    xeon += " avx512_bf16 amx_tile amx_bf16\n"
+    old = "model name\t: AMD EPYC 7B12\ncpu family\t: 23\nmodel\t\t: 49\nflags\t\t: fpu avx avx2\n"
+    assert device.cpu_description(zen5) == "AMD EPYC (family 26 model 2; AVX-512, avx512_bf16, no AMX)"
+    assert device.cpu_description(xeon) == "Intel(R) Xeon(R) Processor (family 6 model 143; AMX, avx512_bf16)"
+    assert device.cpu_description(old) == "AMD EPYC 7B12 (family 23 model 49; AVX2, no AVX-512)"
+    assert device.cpu_description("processor\t: 0\n") == device.processor_name()  # no model name: the fallback
+    assert device.cpu_description().startswith(device.processor_name())  # this machine's
