@@ -16,17 +16,13 @@ import torch
 DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
-def processor_name(device: str | torch.device = "cpu") -> str:
-    """The GPU's name for a CUDA device, else the CPU's model name (``/proc/cpuinfo``; the architecture
-    where that is unreadable): what every measurement states."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def _cpuinfo() -> str | None:
+    """The text of ``/proc/cpuinfo``, or None where it is unreadable."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+            return f.read()
+    except OSError:
+        return None
 
 
 def _cpuinfo_field(cpuinfo: str, name: str) -> str | None:
@@ -38,17 +34,21 @@ def _cpuinfo_field(cpuinfo: str, name: str) -> str | None:
     return None
 
 
+def processor_name(device: str | torch.device = "cpu") -> str:
+    """The GPU's name for a CUDA device, else the CPU's model name (``/proc/cpuinfo``; the architecture
+    where that is unreadable): what every measurement states."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpuinfo_field(_cpuinfo() or "", "model name") or platform.processor() or platform.machine()
+
+
 def cpu_description(cpuinfo: str | None = None) -> str:
     """The CPU's model name with its family/model and matrix units, e.g. "AMD EPYC (family 26 model 2;
     AVX-512, avx512_bf16, no AMX)": CPUs sold under one name differ in both, and so do their timings.
     Reads ``/proc/cpuinfo`` (or the given text); the bare :func:`processor_name` where it cannot."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return processor_name()
-    name = _cpuinfo_field(cpuinfo, "model name")
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    name = _cpuinfo_field(cpuinfo or "", "model name")
     if name is None:
         return processor_name()
     flags = set((_cpuinfo_field(cpuinfo, "flags") or "").split())
@@ -65,6 +65,12 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     return f"{name} ({kind}{units})"
 
 
+def device_name(device: str | torch.device = "cpu") -> str:
+    """What a measurement on ``device`` names: the GPU's name, or :func:`cpu_description`."""
+    device = torch.device(device)
+    return processor_name(device) if device.type == "cuda" else cpu_description()
+
+
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX); without it bf16 is slower than fp32.
 
@@ -75,12 +81,10 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
         for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
             if probes is not None and hasattr(probes, probe) and getattr(probes, probe)():
                 return True
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
+        cpuinfo = _cpuinfo()
+        if cpuinfo is None:
             return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    flags = (_cpuinfo_field(cpuinfo, "flags") or "").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -111,4 +115,4 @@ def dtype_warning(dtype: torch.dtype, device: str | torch.device = "cpu") -> str
     return note
 
 
-__all__ = ["DTYPE_CHOICES", "cpu_description", "cpu_has_fast_bf16", "dtype_warning", "resolve_dtype"]
+__all__ = ["DTYPE_CHOICES", "cpu_description", "cpu_has_fast_bf16", "device_name", "dtype_warning", "resolve_dtype"]

@@ -145,7 +145,7 @@ def main(argv=None) -> None:
     if args.lr is None:
         args.lr = f"{recorded[-1]['lr']:g}" if recorded[-1] else "3e-4"
     if args.max_len is None:
-        args.max_len = recorded[-1]["max_len"] if recorded[-1] and "max_len" in recorded[-1] else 1024
+        args.max_len = (recorded[-1] or {}).get("max_len", 1024)
     if len(args.seeds) not in (1, len(cpdirs)):
         raise SystemExit(f"--seeds: {len(args.seeds)} given for {len(cpdirs)} runs (give one, or one per run)")
     sizes = [split_sizes(d) for d in cpdirs]

@@ -83,9 +83,9 @@ def test_cost_cache_key_names_the_cpu_kind_and_the_draft_dtype(monkeypatch):
     """Costs measured on one "AMD EPYC" (Zen 4) were once served on another (Zen 5), and a float32 draft head's
     to a bf16 one: the key tells both apart."""
     model = tiny_ea_model("llama", "sdpa", moe=True, depth=3, top_k=3)
-    monkeypatch.setattr(tree_cost, "cpu_description", lambda: "AMD EPYC (family 25 model 17; AVX-512, no AMX)")
+    monkeypatch.setattr(tree_cost, "device_name", lambda device: "AMD EPYC (family 25 model 17; AVX-512, no AMX)")
     zen4 = tree_cost.device_description(model)
-    monkeypatch.setattr(tree_cost, "cpu_description", lambda: "AMD EPYC (family 26 model 2; AVX-512, no AMX)")
+    monkeypatch.setattr(tree_cost, "device_name", lambda device: "AMD EPYC (family 26 model 2; AVX-512, no AMX)")
     zen5 = tree_cost.device_description(model)
     model.set_draft_dtype(torch.bfloat16)
     zen5_bf16_draft = tree_cost.device_description(model)

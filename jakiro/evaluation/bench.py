@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..device import DTYPE_CHOICES, cpu_description, processor_name, resolve_dtype
+from ..device import DTYPE_CHOICES, device_name, resolve_dtype
 from ..metrics import acceptance_length
 
 DEFAULT_METHODS = ["generate", "pld", "naive", "eagle2", "jakiro", "jakiro-nohybrid", "jakiro-star", "jakiro-tuned"]
@@ -443,9 +443,8 @@ def step_profile(name: str, temperature: float, t: Tally, alone: dict | None) ->
 
 
 def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return processor_name(device)
-    return f"{cpu_description()}, {os.cpu_count()} CPU cores"
+    name = device_name(device)
+    return name if device.type == "cuda" else f"{name}, {os.cpu_count()} CPU cores"
 
 
 def _times(speedup: float | None) -> str:

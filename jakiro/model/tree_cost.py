@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from ..device import cpu_description, processor_name
+from ..device import device_name
 from .drafter import DynamicTreeDrafter, TreeShape
 
 if TYPE_CHECKING:
@@ -72,8 +72,7 @@ def device_description(model: EaModel) -> str:
     """Which machine costs were measured on: the GPU's name, or the CPU's model name with its family/model and
     matrix units (two CPUs sold under one name, e.g. "AMD EPYC", time differently), threads, the base model's
     dtype and the draft head's (a bf16 head beside a float32 base drafts at another cost), the base model."""
-    device = model.base_model.get_input_embeddings().weight.device
-    name = processor_name(device) if device.type == "cuda" else cpu_description()
+    name = device_name(model.base_model.get_input_embeddings().weight.device)
     return (
         f"{name} | {torch.get_num_threads()} threads | {model.base_model.dtype} | draft "
         f"{model.ea_layer.fc.weight.dtype} | {base_fingerprint(model)}"
