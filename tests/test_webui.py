@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 from jakiro.application.browser import (  # noqa: E402
     BrowserMissing,
+    clear_midway,
     find_chromium,
     free_port,
     headless_chromium,
@@ -30,7 +31,15 @@ from jakiro.application.browser import (  # noqa: E402
     tour,
 )
 from jakiro.application.streaming import ModelRunner  # noqa: E402
-from jakiro.application.webui import answer_html, build_demo, launch, template_for  # noqa: E402
+from jakiro.application.webui import (  # noqa: E402
+    STOPPED,
+    Chat,
+    WebUI,
+    answer_html,
+    build_demo,
+    launch,
+    template_for,
+)
 from jakiro.ge_data.templates import LLAMA2_SYSTEM, chat_prompt, prompt_ids  # noqa: E402
 from jakiro.model.ea_model import EaModel  # noqa: E402
 
@@ -227,6 +236,19 @@ def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float) -> re
     pytest.fail(f"no line matching {pattern!r}; the server printed:\n{''.join(seen)}")
 
 
+def test_after_a_cancel_the_button_that_cut_the_answer_short_decides_the_page(model):
+    ui = WebUI(model, template_for("auto", model.tokenizer))
+    chat = Chat()
+    chat.messages += [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]
+    chat.shown += chat.messages
+    shown, kept, _, status, box, how = ui.after_cancel("stop", chat)
+    assert shown == chat.shown and kept is chat and status == STOPPED and how == ""
+    shown, kept, _, status, box, how = ui.after_cancel("clear", chat)
+    assert shown == [] and kept.messages == [] and status == "" and how == ""
+    skipped = ui.after_cancel("", chat)  # a request that failed: the page stays as the failure left it
+    assert all(isinstance(out, dict) and out.get("__type__") == "update" for out in skipped[:5])
+
+
 def test_command_line_serves_the_embedded_model():
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -274,7 +296,13 @@ def test_page_in_headless_chromium(request, tmp_path):
         set_slider(driver, "max-new-tokens", 8)
         after_stop = send_message(driver, "Say hi.")
         chat = driver.find_element(By.ID, "chatbot").text
-    assert stopped.startswith("Stopped.") and still == stopped  # nothing streamed in after the stop
+        set_slider(driver, "max-new-tokens", 400)
+        clear_midway(driver, "Write a long poem about the sea.")
+        time.sleep(1)
+        cleared = driver.find_element(By.ID, "chatbot").text, status_text(driver)
+    # nothing the stopped stream had already sent lands after Stop or Clear
+    assert stopped.startswith("Stopped.") and still == stopped
+    assert "Write a long poem" not in cleared[0] and "Say hi." not in cleared[0] and cleared[1] == ""
     assert after_stop.startswith("Done. Jakiro")  # the server answers again
     partial = chat.split("Write a long story about a dragon.")[1].split("Say hi.")[0]
     assert partial.strip()  # the stopped answer's tokens stayed in the conversation

@@ -121,8 +121,8 @@ def set_slider(driver: Any, elem_id: str, value: int) -> None:
     box.send_keys(str(value), Keys.TAB)
 
 
-def stop_midway(driver: Any, text: str, timeout: float = 120) -> str:
-    """Send ``text``, press Stop once tokens stream in, and return the status line after the stop."""
+def press_midway(driver: Any, text: str, button: str, timeout: float = 120) -> None:
+    """Send ``text`` and press the button ``button`` (an element id) once tokens stream in."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -132,8 +132,24 @@ def stop_midway(driver: Any, text: str, timeout: float = 120) -> str:
     WebDriverWait(driver, timeout, poll_frequency=0.05).until(
         lambda _: re.search(r"Generating with .*: \d+ tokens", status_text(driver))
     )
-    driver.find_element(By.ID, "stop").click()
+    driver.find_element(By.ID, button).click()
+
+
+def stop_midway(driver: Any, text: str, timeout: float = 120) -> str:
+    """Send ``text``, press Stop once tokens stream in, and return the status line after the stop."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    press_midway(driver, text, "stop", timeout)
     return WebDriverWait(driver, 10).until(lambda _: status_text(driver).startswith("Stopped.") and status_text(driver))
+
+
+def clear_midway(driver: Any, text: str, timeout: float = 120) -> None:
+    """Send ``text``, press Clear once tokens stream in, and wait until the conversation is empty."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    press_midway(driver, text, "clear", timeout)
+    WebDriverWait(driver, 10).until(lambda _: text not in driver.find_element(By.ID, "chatbot").text)
 
 
 def tour(driver: Any, url: str, prompt: str, screenshot: str, timeout: float = 120) -> dict[str, str]:

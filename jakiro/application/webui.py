@@ -36,6 +36,7 @@ MODE_LABELS = {JAKIRO: "Jakiro (speculative)", PLAIN: "Plain decoding"}
 SHORT_LABELS = {JAKIRO: "Jakiro", PLAIN: "plain"}
 # First words of the status line once a request is over (the browser driver waits for them).
 DONE, ERROR = "Done.", "Error:"
+STOPPED = "**Stopped.** What was generated so far stays in the conversation."
 # Characters that Markdown would read as syntax; as numeric entities they show as themselves.
 MARKDOWN_ESCAPES = {c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|~>"}
 
@@ -288,7 +289,23 @@ class WebUI:
 
     @staticmethod
     def stopped() -> str:
-        return "**Stopped.** What was generated so far stays in the conversation."
+        return STOPPED
+
+    def after_cancel(self, how: str, chat: Chat | None) -> tuple:
+        """The page once a cancelled answer's stream has closed, by the button that cut it short
+        (``how``: "stop" or "clear"; anything else, a failed request, changes nothing).
+
+        Gradio's page sends the cancel without waiting for it, so a message the stream had already sent
+        can land after Stop's or Clear's own output and overwrite it ("Generating…", or the cleared
+        conversation back). It runs a cancelled event's ``failure`` listeners only once the cancel has
+        finished; this handler listens there and so has the last word. Returns the answer's outputs
+        and the cleared ``how``.
+        """
+        if how == "clear":
+            return (*self.clear()[:4], gr.skip(), "")
+        if how == "stop" and chat is not None:
+            return chat.shown, chat, stats_markdown(chat.runs), STOPPED, gr.skip(), ""
+        return (*(gr.skip(),) * 5, "")
 
 
 def _model_description(model: Any, template: str) -> str:
@@ -356,8 +373,21 @@ def build_demo(model: Any, template: str, is_llama3: bool = False, max_new_token
             [message.submit, send.click], ui.send, inputs=[message, chat, *settings], api_name="chat", **shared
         )
         redone = again.click(ui.regenerate, inputs=[chat, *settings], api_name="regenerate", **shared)
-        stop.click(ui.stopped, outputs=status, cancels=[sent, redone], queue=False, api_visibility="private")
-        clear.click(ui.clear, outputs=outputs, cancels=[sent, redone], api_name="clear", queue=False)
+        # which button cut an answer short, set on the page itself before the cancel goes out
+        interrupted = gr.Textbox("", visible=False)
+        answering = [sent, redone]
+        for button, how in ((stop, "stop"), (clear, "clear")):
+            button.click(None, outputs=interrupted, js=f"() => '{how}'", cancels=answering, queue=False)
+        stop.click(ui.stopped, outputs=status, queue=False, api_visibility="private")
+        clear.click(ui.clear, outputs=outputs, api_name="clear", queue=False)
+        for event in answering:
+            event.failure(
+                ui.after_cancel,
+                inputs=[interrupted, chat],
+                outputs=[*outputs, interrupted],
+                queue=False,
+                api_visibility="private",
+            )
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 
