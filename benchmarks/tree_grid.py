@@ -1,12 +1,14 @@
 """Is the tuned tree (``total_token=-1``) as fast as the best tree of a grid? Measured on MT-bench first turns.
 
     python benchmarks/tree_grid.py [--questions 5] [--max-new-tokens 64] [--dtype float32] [--ea-model-path DIR]
-                                   [--trees 12/4/4 8/2/4 ...] [--out results/tree_grid]
+                                   [--draft-dtype bfloat16] [--compile] [--trees 12/4/4 8/2/4 ...]
+                                   [--out results/tree_grid]
 
 Every tree of the grid, the tuned one and plain ``generate`` decode the same prompts, interleaved prompt
 by prompt (a change in machine load hits all alike). Prints tokens/s and τ per tree, and the tuned
 tree's rate as a share of the best grid point's (the speed issue asks for at least 95 %).
-The tuner reads its own built-in prompts, never these.
+The tuner reads its own built-in prompts, never these. ``--draft-dtype`` and ``--compile`` are the
+benchmark's (``jakiro.evaluation.bench``): the tuner picks its tree at load, before compiling, as there.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def main(argv=None) -> None:
         help="base model dtype; float32 is exact; auto: bfloat16 where the hardware has native bf16 units",
     )
     parser.add_argument(
+        "--draft-dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the draft head only (default: the base model's)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the verification forward (generate stays eager)"
+    )
+    parser.add_argument(
         "--trees",
         nargs="+",
         default=GRID,
@@ -69,8 +80,11 @@ def main(argv=None) -> None:
         grid.append((n, d, k))
 
     dtype = resolve_dtype(args.dtype, torch.device("cpu"))
-    model = EaModel.from_pretrained(None, args.ea_model_path, total_token=-1, dtype=dtype)
+    draft_dtype = getattr(torch, args.draft_dtype) if args.draft_dtype else None
+    model = EaModel.from_pretrained(None, args.ea_model_path, total_token=-1, dtype=dtype, draft_dtype=draft_dtype)
     choice = model.tree_choice  # set_tree below replaces it
+    if args.compile:
+        model.compile_verification()
     tuned = choice.shape
     trees = {"tuned": (tuned.total_tokens, tuned.depth, tuned.branching)}
     for n, d, k in grid:
@@ -101,8 +115,8 @@ def main(argv=None) -> None:
     best = max((name for name in trees if name != "tuned"), key=rates.get)
     lines = [
         f"{time.strftime('%Y-%m-%d')}, {hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
-        f"{str(dtype).removeprefix('torch.')}, "
-        f"{args.questions} MT-bench first turns, {args.max_new_tokens} new tokens; tuned tree "
+        f"{str(dtype).removeprefix('torch.')}, draft head {str(model.ea_layer.fc.weight.dtype).removeprefix('torch.')}"
+        f"{', verification compiled' if args.compile else ''}, {args.questions} MT-bench first turns, {args.max_new_tokens} new tokens; tuned tree "
         f"{tuned.total_tokens}/{tuned.depth}/{tuned.branching} (predicted τ {choice.tau:.2f}, "
         f"{choice.tokens_per_s:.1f} tokens/s)",
         "",
