@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from jakiro.device import DTYPE_CHOICES, processor_name, resolve_dtype
+from jakiro.device import DTYPE_CHOICES, device_name, resolve_dtype
 from jakiro.model.ea_model import EaModel
 from jakiro.model.kv_cache import KVCache
 from jakiro.model.logits import BaseForward
@@ -79,7 +79,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     medians = {name: 1000 * sorted(t)[len(t) // 2] for name, t in times.items()}
     print(
-        f"{processor_name()}, {args.dtype}, 12-node verification, median of {args.repeats}: "
+        f"{device_name()}, {args.dtype}, 12-node verification, median of {args.repeats}: "
         + ", ".join(f"{name} {ms:.1f} ms" for name, ms in medians.items())
     )
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from jakiro.device import processor_name
+from jakiro.device import device_name
 from jakiro.model.ea_model import EaModel
 from jakiro.model.grouped_attention import NAME
 from jakiro.model.tree_cost import _chain_tree
@@ -50,7 +50,7 @@ def main() -> None:
                 if turn:
                     times[impl, n].append(1000 * (time.perf_counter() - start))
                 logits[impl, n] = out
-    print(f"{processor_name()} | torch {torch.__version__} | {args.threads} threads")
+    print(f"{device_name()} | torch {torch.__version__} | {args.threads} threads")
     print("| nodes | sdpa ms | jakiro_sdpa ms | change | identical logits |\n|---|---|---|---|---|")
     for n in args.sizes:
         a, b = (sorted(times[i, n])[len(times[i, n]) // 2] for i in ("sdpa", NAME))

@@ -21,7 +21,7 @@ import shutil
 
 from safetensors import safe_open
 
-from jakiro.device import processor_name
+from jakiro.device import device_name
 from jakiro.model.checkpoint import DRAFT_VOCAB_FILE, HEAD_FILES
 from jakiro.model.configs import EConfig
 from jakiro.train.data import SPLIT_FILE, extend_ranking
@@ -288,12 +288,14 @@ def main(argv=None) -> None:
     branch_name = "MLP" if args.arch == "eagle2" else "MoE"  # the next-token branch
     precision_names = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
+    last_machine = (recorded[-1] or {}).get("machine") or device_name()  # where the last run trained
+
     def run_row(run: int) -> str:
         ends = [r for r in history if r["run"] == run]
         steps = ends[-1]["step"] - (max(r["step"] for r in history if r["run"] < run) if run else 0)
         flags = recorded[run] or {}
         last_run = run == len(cpdirs) - 1
-        machine = flags.get("machine") or (processor_name() if last_run else "?")
+        machine = flags.get("machine") or (device_name() if last_run else "?")
         precision = precision_names.get(flags.get("precision"), flags.get("precision")) or (
             args.precision if last_run else "?"
         )
@@ -351,7 +353,7 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 * Features {"of the last run " if runs > 1 else ""}recorded with the base model in {args.features_dtype}; training {"(precision per run below)" if runs > 1 else "in " + args.precision}, {epochs_text},
   batch 4, {lr_text} (cosine after a linear warm-up of `--warmup-steps`, at most 10 % of the run{cycles_text}), AdamW (0.9, 0.95), weight decay 1e-3, noise std 0.2, {seeds_text};
   token loss {draft_vocab_text}.
-* Hardware{" of the last run" if runs > 1 else ""}: {processor_name()}, {os.cpu_count()} vCPUs, no GPU; training wall time
+* Hardware{" of the last run" if runs > 1 else ""}: {last_machine}, {os.cpu_count()} vCPUs, no GPU; training wall time
   {hours:.2f} h for this head{" in all" if runs > 1 else ""}{feature_text}.
 * Command: `{args.command}`
 * Weights: float16 safetensors, {size_mb:.1f} MB, released key layout{fused_keys} (no embedding; it is the base model's).{ranking_note}{fused_note}

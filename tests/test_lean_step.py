@@ -214,3 +214,40 @@ def test_compiled_decoding_does_not_recompile_mid_answer():
             reference = model.base_model.generate(ids, max_new_tokens=tokens, do_sample=False)
             assert torch.equal(model.eagenerate(ids, max_new_tokens=tokens), reference)
             assert torch.equal(model.naivegenerate(ids, max_new_tokens=tokens), reference)
+
+
+def test_bench_profile_times_the_forwards_alone_between_prompts(tmp_path, monkeypatch):
+    """--profile times the step's forwards alone after every prompt (a drift in machine speed over a long run hits
+    the decoding and the alone timings alike) and reports their medians beside the step."""
+    from jakiro.evaluation import bench
+
+    contexts = []
+    timed_alone = bench.forwards_alone
+    monkeypatch.setattr(
+        bench,
+        "forwards_alone",
+        lambda models, context, **kw: contexts.append(context) or timed_alone(models, context, **kw),
+    )
+    result = bench.main(
+        ["--methods", "generate", "jakiro", "--questions", "2", "--max-new-tokens", "6", "--temperatures", "0"]
+        + ["--profile", "--out", str(tmp_path)]
+    )
+    assert len(contexts) == 2 and contexts[0] == contexts[1] > 6  # once per prompt, at the mean context
+    (row,) = [p for p in result["profile"] if p["method"] == "jakiro"]
+    assert all(row["alone"][key] > 0 for key in ("base_forward_ms", "draft_call_ms", "one_token_ms"))
+    assert row["above_alone"] == pytest.approx(
+        row["step_ms"] / (row["alone"]["base_forward_ms"] + row["alone"]["draft_call_ms"]) - 1, abs=5e-3
+    )
+
+
+def test_median_alone_takes_each_timing_over_the_prompts():
+    from jakiro.evaluation.bench import median_alone
+
+    samples = [
+        {"jakiro": {"context": 90, "base_forward_ms": ms, "draft_call_ms": None, "one_token_ms": 2 * ms}}
+        for ms in (5.0, 1.0, 3.0)
+    ]
+    assert median_alone(samples) == {
+        "jakiro": {"context": 90, "base_forward_ms": 3.0, "draft_call_ms": None, "one_token_ms": 6.0}
+    }
+    assert median_alone([]) == {}

@@ -12,6 +12,7 @@ from helpers import load_script
 from test_pipeline import features, metrics, tokenizer, train, workspace  # noqa: F401 (fixtures)
 from test_training_levers import loads_and_drafts_losslessly
 
+from jakiro.device import device_name
 from jakiro.model.tree_cost import ACCEPTANCE_FILE
 
 
@@ -60,6 +61,7 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
     assert "tau = 1.87 tokens per verification step" in card and "(0.91x)" in card and "80/80" in card
     assert "| gsm8k | 20 | 64 | 1.66 |" in card and "9.99" not in card  # only this head's rows
     assert "fuse.weight" not in card and "* Input:" not in card  # a head without feature_layers
+    assert f"* Hardware: {device_name()}, " in card  # the CPU's family, model and matrix units, as recorded
     assert sorted(os.listdir(dest / "training_log")) == ["0"]
     table = json.load(open(dest / ACCEPTANCE_FILE))
     assert table  # measured on the tiny base, read by total_token=-1

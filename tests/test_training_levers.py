@@ -20,7 +20,7 @@ from test_pipeline import features, metrics, tokenizer, train, workspace  # noqa
 from transformers import AutoModelForCausalLM
 
 import jakiro.train.main as train_module
-from jakiro.device import processor_name
+from jakiro.device import device_name
 from jakiro.model.cnets import Model
 from jakiro.model.configs import EConfig
 from jakiro.model.ea_model import EaModel
@@ -493,7 +493,7 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert metrics(replayed)[-1]["tokens"] == data_size([str(grown / name) for name in sample["train"]], 2048)[0]
     flags = recorded_args(replayed)  # each run records its flags for its model card
     assert (flags["replay"], flags["seed"], flags["split_from"]) == (0.5, 4, str(first))
-    assert flags["machine"] == processor_name() and flags["precision"] in ("no", "bf16")  # what `auto` became
+    assert flags["machine"] == device_name() and flags["precision"] in ("no", "bf16")  # what `auto` became
     assert recorded_args(grown) is None  # a folder no run wrote into
     capsys.readouterr()  # resumed, it keeps its sample
     train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4", "--resume")

@@ -151,7 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="split each speculative step into drafting, base forward, acceptance and the rest, next to the "
-        "same forwards timed alone (on CUDA this synchronises after every phase: profile in a separate run)",
+        "same forwards timed alone after every prompt (on CUDA this synchronises after every phase: profile in a "
+        "separate run)",
     )
     return parser.parse_args(argv)
 
@@ -293,6 +294,9 @@ def run(args: argparse.Namespace) -> dict:
     timers = attach_timers(speculative, device) if args.profile else {}
 
     tallies = {t: {name: Tally() for name in methods} for t in args.temperatures}
+    # the forwards alone are timed at the benchmark's mean context (prompt + half the budget)
+    alone_context = int(sum(x.shape[1] for x in inputs) / len(inputs) + args.max_new_tokens / 2)
+    alone_samples: list[dict] = []
     bar = tqdm(total=len(inputs) * len(args.temperatures) * len(methods), desc="bench")
     for temperature in args.temperatures:
         for timer in timers.values():
@@ -325,10 +329,12 @@ def run(args: argparse.Namespace) -> dict:
                         tally.compared += 1
                         tally.identical += int(torch.equal(out, reference))
                 bar.update(1)
+            if args.profile:  # the forwards alone, between prompts: drifts in machine speed hit both alike
+                alone_samples.append(forwards_alone(speculative, alone_context, repeats=1))
         for name, timer in timers.items():
             tallies[temperature][name].profile = timer.per_step_ms()
     bar.close()
-    alone = forwards_alone(speculative, args, inputs) if args.profile else {}
+    alone = median_alone(alone_samples)
     result = summarise(args, tallies, weight_bytes, bandwidth, device, alone)
     if "jakiro-tuned" in speculative:
         result["tuned_tree"] = speculative["jakiro-tuned"].describe_tree()
@@ -350,25 +356,40 @@ def attach_timers(speculative: dict, device: torch.device) -> dict:
     return timers
 
 
-def forwards_alone(speculative: dict, args: argparse.Namespace, inputs: list) -> dict:
-    """The forwards of one step timed alone, at the benchmark's mean context (prompt + half the budget):
-    a base forward over the tree, one draft call, and a one-token base forward (``generate``'s step)."""
+def forwards_alone(speculative: dict, context: int, repeats: int = 5) -> dict:
+    """The forwards of one step timed alone at ``context`` tokens: a base forward over the tree, one draft
+    call, and a one-token base forward (``generate``'s step); median of ``repeats`` each."""
     from ..model.tree_cost import measure_costs
 
-    context = int(sum(x.shape[1] for x in inputs) / len(inputs) + args.max_new_tokens / 2)
     alone = {}
     for name, model in speculative.items():
         size = model.drafter.tree_size
         shape = getattr(model.drafter, "shape", None)
         shapes = ((shape.depth, shape.branching),) if shape is not None else ()
-        costs = measure_costs(model, sizes=(size,), shapes=shapes, context=context)
+        costs = measure_costs(model, sizes=(size,), shapes=shapes, context=context, repeats=repeats, progress=False)
         alone[name] = {
             "context": context,
-            "base_forward_ms": round(costs.verify_ms[size], 2),
-            "draft_call_ms": round(next(iter(costs.draft_ms.values())), 2) if costs.draft_ms else None,
-            "one_token_ms": round(costs.one_token_ms, 2),
+            "base_forward_ms": costs.verify_ms[size],
+            "draft_call_ms": next(iter(costs.draft_ms.values())) if costs.draft_ms else None,
+            "one_token_ms": costs.one_token_ms,
         }
     return alone
+
+
+def median_alone(samples: list[dict]) -> dict:
+    """Per method, the median over ``samples`` (one ``forwards_alone`` after each prompt) of every timing."""
+    merged = {}
+    for name in samples[0] if samples else ():
+        rows = [sample[name] for sample in samples]
+        merged[name] = {
+            key: rows[0][key] if key == "context" else _median_or_none([row[key] for row in rows]) for key in rows[0]
+        }
+    return merged
+
+
+def _median_or_none(values: list) -> float | None:
+    present = sorted(v for v in values if v is not None)
+    return round(present[len(present) // 2], 2) if present else None
 
 
 def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.device, alone=None) -> dict:
@@ -503,7 +524,8 @@ def profile_markdown(profiles: list[dict]) -> str:
     """The step-split table: ms per step in each phase, the loop's overhead, the forwards timed alone."""
     lines = [
         "Step profile (ms per step; draft = head forwards + the rest of drafting; overhead = all but the base "
-        "and draft-head forwards; alone = the same forwards timed in isolation at the mean context; above alone = "
+        "and draft-head forwards; alone = the same forwards timed in isolation at the mean context after every "
+        "prompt, median; above alone = "
         "the step against the base forward plus the draft call timed alone)",
         "",
         "| method | T | step | draft: head fwd | draft: rest | mask | base fwd | accept | commit | overhead | "

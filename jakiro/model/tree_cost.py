@@ -114,6 +114,7 @@ def measure_costs(
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     context: int = 256,
     repeats: int = 5,
+    progress: bool = True,
 ) -> DeviceCosts:
     """Time verification forwards and draft calls on this device (random tokens, a ``context``-token cache)."""
     device = model.base_model.get_input_embeddings().weight.device
@@ -145,7 +146,7 @@ def measure_costs(
     # commits the context to the head's cache (in the head's dtype: a draft dtype may differ from the base's)
     head(features[None].to(head.fc.weight.dtype), ids[:, 1:], use_cache=True, last_only=True)
 
-    bar = tqdm(total=2 * (repeats + 1), desc="tree costs on this device", leave=False)
+    bar = tqdm(total=2 * (repeats + 1), desc="tree costs on this device", leave=False, disable=not progress)
     verify_ms = _timed_round_robin(verify_calls, repeats, sync, bar)
     draft_ms = _timed_round_robin(draft_calls, repeats, sync, bar) if draft_calls else {}
     bar.close()

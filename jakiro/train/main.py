@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import variants
-from ..device import cpu_has_fast_bf16, processor_name
+from ..device import cpu_has_fast_bf16, device_name
 from ..ge_data.ge_data import parse_feature_layers
 from ..model.checkpoint import read_draft_vocab, save_draft_head, save_draft_vocab
 from ..model.cnets import Model
@@ -515,7 +515,7 @@ def run(args: argparse.Namespace) -> None:
         # with the machine and the precision `auto` resolved to, so a model card can say what trained each run
         write_args(
             args.cpdir,
-            {**vars(args), "machine": processor_name(device), "precision": precision or accelerator.mixed_precision},
+            {**vars(args), "machine": device_name(device), "precision": precision or accelerator.mixed_precision},
         )
 
     start_epoch, skip_batches = 0, 0
