@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ class StepTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.steps = 0
+        self._paused = False
         self._last = time.perf_counter()
 
     def _now(self) -> float:
@@ -49,13 +52,24 @@ class StepTimer:
         started: list[float] = []
 
         def before(*_):
-            started.append(self._now())
+            started.append(None if self._paused else self._now())
 
         def after(*_):
-            self.seconds[phase] += self._now() - started.pop()
-            self.counts[phase] += 1
+            began = started.pop()
+            if began is not None:
+                self.seconds[phase] += self._now() - began
+                self.counts[phase] += 1
 
         return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Within this block the watched forwards are not charged (work outside the decoding loop)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def per_step_ms(self) -> dict[str, float]:
         """Milliseconds per step spent in each phase."""

@@ -251,3 +251,15 @@ def test_median_alone_takes_each_timing_over_the_prompts():
         "jakiro": {"context": 90, "base_forward_ms": 3.0, "draft_call_ms": None, "one_token_ms": 6.0}
     }
     assert median_alone([]) == {}
+
+
+def test_a_paused_step_timer_does_not_charge_the_watched_forwards():
+    from jakiro.profiling import StepTimer
+
+    layer, timer = torch.nn.Linear(4, 4), StepTimer()
+    timer.watch_forwards(layer, "draft_head_forward")
+    layer(torch.ones(1, 4))
+    with timer.paused():  # e.g. the benchmark timing the forwards alone between prompts
+        layer(torch.ones(1, 4))
+    layer(torch.ones(1, 4))
+    assert timer.counts["draft_head_forward"] == 2 and timer.seconds["draft_head_forward"] > 0

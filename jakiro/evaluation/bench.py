@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -330,7 +331,10 @@ def run(args: argparse.Namespace) -> dict:
                         tally.identical += int(torch.equal(out, reference))
                 bar.update(1)
             if args.profile:  # the forwards alone, between prompts: drifts in machine speed hit both alike
-                alone_samples.append(forwards_alone(speculative, alone_context, repeats=1))
+                with ExitStack() as stack:
+                    for timer in timers.values():  # their draft-head forwards are not the steps'
+                        stack.enter_context(timer.paused())
+                    alone_samples.append(forwards_alone(speculative, alone_context, repeats=1))
         for name, timer in timers.items():
             tallies[temperature][name].profile = timer.per_step_ms()
     bar.close()
