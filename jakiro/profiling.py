@@ -49,7 +49,7 @@ class StepTimer:
 
     def watch_forwards(self, module: nn.Module, phase: str) -> list:
         """Time every forward of ``module`` as ``phase``; returns the hook handles (``.remove()`` them)."""
-        started: list[float] = []
+        started: list[float | None] = []
 
         def before(*_):
             started.append(None if self._paused else self._now())
