@@ -21,7 +21,7 @@ import time
 import torch
 
 from jakiro.device import DTYPE_CHOICES, resolve_dtype
-from jakiro.evaluation.bench import hardware, prompts
+from jakiro.evaluation.bench import add_speed_flags, draft_dtype, hardware, prompts
 from jakiro.model.ea_model import EaModel
 
 GRID = [
@@ -53,15 +53,7 @@ def main(argv=None) -> None:
         choices=DTYPE_CHOICES,
         help="base model dtype; float32 is exact; auto: bfloat16 where the hardware has native bf16 units",
     )
-    parser.add_argument(
-        "--draft-dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="dtype of the draft head only (default: the base model's)",
-    )
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the verification forward (generate stays eager)"
-    )
+    add_speed_flags(parser)  # --draft-dtype, --compile
     parser.add_argument(
         "--trees",
         nargs="+",
@@ -80,8 +72,9 @@ def main(argv=None) -> None:
         grid.append((n, d, k))
 
     dtype = resolve_dtype(args.dtype, torch.device("cpu"))
-    draft_dtype = getattr(torch, args.draft_dtype) if args.draft_dtype else None
-    model = EaModel.from_pretrained(None, args.ea_model_path, total_token=-1, dtype=dtype, draft_dtype=draft_dtype)
+    model = EaModel.from_pretrained(
+        None, args.ea_model_path, total_token=-1, dtype=dtype, draft_dtype=draft_dtype(args)
+    )
     choice = model.tree_choice  # set_tree below replaces it
     if args.compile:
         model.compile_verification()
@@ -115,8 +108,10 @@ def main(argv=None) -> None:
     best = max((name for name in trees if name != "tuned"), key=rates.get)
     lines = [
         f"{time.strftime('%Y-%m-%d')}, {hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
-        f"{str(dtype).removeprefix('torch.')}, draft head {str(model.ea_layer.fc.weight.dtype).removeprefix('torch.')}"
-        f"{', verification compiled' if args.compile else ''}, {args.questions} MT-bench first turns, {args.max_new_tokens} new tokens; tuned tree "
+        f"{str(dtype).removeprefix('torch.')}, "
+        f"draft head {str(model.ea_layer.fc.weight.dtype).removeprefix('torch.')}"
+        f"{', verification compiled' if args.compile else ''}, "
+        f"{args.questions} MT-bench first turns, {args.max_new_tokens} new tokens; tuned tree "
         f"{tuned.total_tokens}/{tuned.depth}/{tuned.branching} (predicted τ {choice.tau:.2f}, "
         f"{choice.tokens_per_s:.1f} tokens/s)",
         "",

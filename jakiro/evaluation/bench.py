@@ -111,6 +111,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--draft-dtype`` and ``--compile``, shared with ``benchmarks/tree_grid.py`` (read back by ``draft_dtype``)."""
+    parser.add_argument(
+        "--draft-dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the draft heads only (default: the base model's)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the speculative methods' verification forward (generate stays eager)",
+    )
+
+
+def draft_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    """The ``--draft-dtype`` flag as a torch dtype (None: the base model's)."""
+    return getattr(torch, args.draft_dtype) if args.draft_dtype else None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model-path", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -132,22 +152,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="0: full vocabulary; default: the head's")
-    parser.add_argument(
-        "--draft-dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="dtype of the draft heads only (default: the base model's)",
-    )
+    add_speed_flags(parser)
     parser.add_argument(
         "--tree-choices", default="small_15", help="Jakiro* static tree (a named *_choices list of the Jakiro* variant)"
     )
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("results", "bench"))
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the speculative methods' verification forward (generate stays eager)",
-    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -184,7 +194,7 @@ def load_methods(args: argparse.Namespace, device: torch.device):
         "jakiro-tuned": "jakiro",
     }
     methods, speculative = {}, {}
-    draft_dtype = getattr(torch, args.draft_dtype) if args.draft_dtype else None
+    draft_heads_dtype = draft_dtype(args)
 
     def hf(**extra):
         def run(ids, temperature, budget):
@@ -216,7 +226,7 @@ def load_methods(args: argparse.Namespace, device: torch.device):
                         tokenizer,
                         tree_choices=args.tree_choices,
                         draft_vocab_size=args.draft_vocab_size,
-                        draft_dtype=draft_dtype,
+                        draft_dtype=draft_heads_dtype,
                         variant="jakiro_star",
                     )
                 else:
@@ -228,7 +238,7 @@ def load_methods(args: argparse.Namespace, device: torch.device):
                         depth=args.depth,
                         top_k=args.top_k,
                         draft_vocab_size=args.draft_vocab_size,
-                        draft_dtype=draft_dtype,
+                        draft_dtype=draft_heads_dtype,
                     )
                 if name == "jakiro-tuned":  # the tree tree_cost picks for this device and head
                     model.set_tree(total_token=-1)
