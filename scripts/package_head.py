@@ -295,7 +295,7 @@ def main(argv=None) -> None:
         steps = ends[-1]["step"] - (max(r["step"] for r in history if r["run"] < run) if run else 0)
         flags = recorded[run] or {}
         last_run = run == len(cpdirs) - 1
-        machine = flags.get("machine") or (device_name() if last_run else "?")
+        machine = last_machine if last_run else flags.get("machine") or "?"
         precision = precision_names.get(flags.get("precision"), flags.get("precision")) or (
             args.precision if last_run else "?"
         )
