@@ -502,6 +502,10 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     assert [os.path.relpath(f, grown) for f in replay_sample(files, recorded, 0.5, 4, str(grown))] == sample["train"]
     assert len(replay_sample(files, recorded, 0.0, 4, str(grown))) == 6  # no replay: the new files only
     assert len(replay_sample(files, recorded, 9.0, 4, str(grown))) == 16  # capped at every earlier training file
+    only_old = [f for f in files if os.path.relpath(f, grown) in recorded["train"] + recorded.get("earlier", [])]
+    assert only_old  # nothing new: an error instead of a run on no new data (self-distilled replies of old ones)
+    with pytest.raises(ValueError, match="none is new"):
+        replay_sample(only_old, recorded, 1.0, 4, str(grown))
 
     # on the same files the step-0 evaluation is the first run's final one: same head, same held-out split
     same = workspace / "split-same"

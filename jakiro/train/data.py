@@ -86,10 +86,17 @@ def replay_sample(
 
     A head continued on grown data then spends its steps mostly on conversations it has not seen, while the
     replayed ones keep it from forgetting the earlier data (names relative to ``root``; conversations recognised
-    in any folder, as in :func:`split`).
+    in any folder, as in :func:`split`). ``ValueError`` when no training file is new.
     """
     earlier = {conversation(name) for name in trained_on(previous)}
     old = [f for f in train_files if conversation(os.path.relpath(f, root)) in earlier]
+    if train_files and len(old) == len(train_files):
+        raise ValueError(
+            f"--replay: all {len(train_files)} training files record conversations the earlier split already "
+            "trained on (a conversation is its data_<position> name, whatever folder holds it: self-distilled "
+            "replies to such conversations count as the same ones), so none is new and a replay sample has nothing "
+            "to join; leave out --replay and put the files to replay into the data folder yourself"
+        )
     count = min(len(old), round(ratio * (len(train_files) - len(old))))
     generator = torch.Generator().manual_seed(seed)
     dropped = set(old) - {old[i] for i in torch.randperm(len(old), generator=generator)[:count].tolist()}
