@@ -46,7 +46,7 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
     package.main(
         ["--run", str(run), "--arch", "jakiro", "--dest", str(dest), "--basepath", str(workspace / "base")]
         + ["--tau-file", str(tau_file), "--max-len", "512", "--draft-vocab-size", "300", "--command", "CMD"]
-        + ["--data-text", "a **hand-made mix** of folders"]  # the counted description: the next test's card
+        + ["--data-text", "a **hand-made mix** of folders"]  # (the description counted from the samples: next test)
     )
     found = set(os.listdir(dest))
     expected = {"config.json", "model.safetensors", "draft_vocab.safetensors", "split.json", "README.md"}
