@@ -46,6 +46,32 @@ def data_stats(folder: str, skip: str | None = None) -> tuple[int, int, int, int
     return conversations, tokens, learned, first or 0, last
 
 
+def describe_data(args: argparse.Namespace, original: tuple[int, int, int, int], distilled: tuple) -> str:
+    """The card's description of a recipe-layout data folder: ``original`` (conversations, tokens, learned tokens,
+    1 + highest position) of its original-reply part, ``distilled`` (``data_stats``) of its ``regen/`` part."""
+    conversations, tokens, learned, scanned = original
+    replies = (
+        "the assistant replies replaced by SmolLM2's own greedy answers to the first user turn "
+        f"(`--regenerate --regenerate-turns 1`, at most {args.reply_tokens} tokens; self-distillation)"
+        if args.regenerated
+        else "the original ShareGPT replies"
+    )
+    text = (
+        f"conversations 0-{scanned - 1} of the seeded shuffle, chat\n  template of the tokenizer, {replies}, cut at "
+        f"{args.max_len} tokens ({scanned - conversations} had no\n  reply left within the cut and were skipped): "
+        f"**{conversations} conversations, {tokens:,} tokens, {learned:,} learned\n  (assistant) tokens**"
+    )
+    if distilled[0]:
+        found, more_tokens, more_learned, start, end = distilled
+        text += (
+            f"; then conversations from positions {start}-{end - 1} with the reply replaced by SmolLM2's own greedy "
+            f"answer to the first user turn (self-distillation: the recipe's `REGENERATE_FROM`, at most "
+            f"{args.reply_tokens} tokens): "
+            f"**{found} conversations, {more_tokens:,} tokens, {more_learned:,} learned tokens**"
+        )
+    return text
+
+
 def earlier_data(head_folders: list[str]) -> list[str]:
     """The data bullets of the cards of the head folders a run continued, each labelled with the runs it covers
     ("* Data of runs 1-12: ..."): a continuation's own data may be a part of what the head saw before."""
@@ -190,27 +216,7 @@ def main(argv=None) -> None:
         "eagle2": "EAGLE-2 (dense MLP)",
         "jakiro_star": "Jakiro* (two GELU experts, static EAGLE-1 tree)",
     }[args.arch]
-    replies = (
-        "the assistant replies replaced by SmolLM2's own greedy answers to the first user turn "
-        f"(`--regenerate --regenerate-turns 1`, at most {args.reply_tokens} tokens; self-distillation)"
-        if args.regenerated
-        else "the original ShareGPT replies"
-    )
-    data_text = (
-        f"conversations 0-{scanned - 1} of the seeded shuffle, chat\n  template of the tokenizer, {replies}, cut at "
-        f"{args.max_len} tokens ({scanned - conversations} had no\n  reply left within the cut and were skipped): "
-        f"**{conversations} conversations, {tokens:,} tokens, {learned:,} learned\n  (assistant) tokens**"
-    )
-    if args.data_text:
-        data_text = args.data_text
-    elif distilled[0]:
-        found, more_tokens, more_learned, start, end = distilled
-        data_text += (
-            f"; then conversations from positions {start}-{end - 1} with the reply replaced by SmolLM2's own greedy "
-            f"answer to the first user turn (self-distillation: the recipe's `REGENERATE_FROM`, at most "
-            f"{args.reply_tokens} tokens): "
-            f"**{found} conversations, {more_tokens:,} tokens, {more_learned:,} learned tokens**"
-        )
+    data_text = args.data_text or describe_data(args, (conversations, tokens, learned, scanned), distilled)
 
     def exact_chain(run: int) -> bool:
         """Whether the run measured chain acceptance by unrolling the head as drafting does (runs since
