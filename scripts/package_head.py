@@ -251,10 +251,14 @@ def main(argv=None) -> None:
     )
     tau_text = "not measured yet"
     if tau:
-        settings = json.load(open(args.tau_file))["settings"]
+        settings = json.load(open(args.tau_file))["settings"]  # the file's last run's (maybe another set's)
+        prompts, new_tokens = (
+            tau.get("prompts", settings["questions"]),
+            tau.get("max_new_tokens", settings["max_new_tokens"]),
+        )
         tau_text = (
             f"tau = {tau['tau']:.2f} tokens per verification step with `eagenerate` on the first "
-            f"{settings['questions']} MT-bench first turns (greedy, fp32, {settings['max_new_tokens']} new tokens, "
+            f"{prompts} MT-bench first turns (greedy, fp32, {new_tokens} new tokens, "
             + (
                 f"static tree `{settings['tree_choices']}`; "
                 if settings.get("tree_choices")

@@ -26,10 +26,13 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
     tau_file.write_text(
         json.dumps(
             {
-                "settings": {"questions": 80, "max_new_tokens": 128, "total_token": 12, "depth": 4, "top_k": 4},
+                # the file's settings are its last run's: here the other sets' (20 x 64), after the 80 x 128 one
+                "settings": {"questions": 20, "max_new_tokens": 64, "total_token": 12, "depth": 4, "top_k": 4},
                 "heads": {
                     "jakiro": {
                         "tau": 1.87,
+                        "prompts": 80,
+                        "max_new_tokens": 128,
                         "speedup": 0.91,
                         "spec_tok_s": 9.1,
                         "plain_tok_s": 10.0,
@@ -65,6 +68,7 @@ def test_package_head_writes_a_loadable_head_with_its_card(workspace, features):
         assert f"| {epoch} | {record['train/loss']:.3f} |" in card
         assert f"| {record['test/moe_top1']:.3f} |" in card
     assert "tau = 1.87 tokens per verification step" in card and "(0.91x)" in card and "80/80" in card
+    assert "on the first 80 MT-bench first turns (greedy, fp32, 128 new tokens," in card  # the row's, not the file's
     assert "| gsm8k | 20 | 64 | 1.66 |" in card and "9.99" not in card  # only this head's rows
     assert "fuse.weight" not in card and "* Input:" not in card  # a head without feature_layers
     assert f"* Hardware: {device_name()}, " in card  # the CPU's family, model and matrix units, as recorded
