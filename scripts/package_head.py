@@ -206,9 +206,12 @@ def main(argv=None) -> None:
     distilled = data_stats(os.path.join(args.run, "data", REGENERATED))
     hours = sum(r.get("epoch_seconds", 0) for r in history) / 3600
     size_mb = os.path.getsize(os.path.join(dest, "model.safetensors")) / 2**20
-    tau, other_sets = None, {}
+    tau, other_sets, settings = None, {}, {}
     if args.tau_file and os.path.isfile(args.tau_file):
-        measured = json.load(open(args.tau_file))["heads"]
+        with open(args.tau_file) as f:
+            results = json.load(f)
+        measured = results["heads"]
+        settings = results["settings"]  # the file's last run's, which may have measured another set
         tau = measured.get(args.arch)
         other_sets = {k.split("/", 1)[1]: v for k, v in measured.items() if k.startswith(f"{args.arch}/")}
     title = {
@@ -251,7 +254,6 @@ def main(argv=None) -> None:
     )
     tau_text = "not measured yet"
     if tau:
-        settings = json.load(open(args.tau_file))["settings"]  # the file's last run's (maybe another set's)
         prompts, new_tokens = (
             tau.get("prompts", settings["questions"]),
             tau.get("max_new_tokens", settings["max_new_tokens"]),
