@@ -7,7 +7,8 @@ RUN/data, and writes jakiro/heads/smollm2-135m-instruct-<arch>/{config.json,mode
 run's split.json, the conversations it trained on and held out, for a later ``--split-from``), and
 ``training_log/``: every chained run's metrics, flags and split sizes, so the head carries its history. A run
 that continued a shipped head names that head folder in ``--continued-from``: its training log stands for the
-runs before.
+runs before. A card's hand-written ``## Notes`` section (to its end) is kept: from the card being rewritten, else
+from the newest continued head's.
 """
 
 from __future__ import annotations
@@ -86,6 +87,22 @@ def earlier_data(head_folders: list[str]) -> list[str]:
             covered = "run 1" if runs == 1 else f"runs 1-{runs}"
             bullets.append(f"* Data of {covered}: " + bullet[len(label) :] if bullet.startswith(label) else bullet)
     return bullets
+
+
+NOTES = "## Notes"  # a card's hand-written section, from this heading to the end: kept when the card is rewritten
+
+
+def kept_notes(head_folders: list[str]) -> str:
+    """The hand-written ``## Notes`` section of the first of ``head_folders`` whose card has one (the folder being
+    rewritten, then the heads it continued, newest first), heading included; "" when none has."""
+    for folder in head_folders:
+        card = os.path.join(folder, "README.md")
+        if not os.path.isfile(card):
+            continue
+        found = re.search(rf"^{re.escape(NOTES)}\s*$.*", open(card).read(), flags=re.M | re.S)
+        if found:
+            return found.group(0).rstrip() + "\n"
+    return ""
 
 
 def fill_ranking(path: str, extra: str) -> int:
@@ -187,6 +204,7 @@ def main(argv=None) -> None:
     held_out = [str(s["test"]) if s else "?" for s in sizes]
     state = os.path.join(cpdir, f"state_{last['epoch']}")
     dest = args.dest or os.path.join("jakiro", "heads", f"smollm2-135m-instruct-{args.arch.replace('_', '-')}")
+    notes = kept_notes([dest, *reversed(args.continued_from)])  # read before the card is rewritten
     os.makedirs(dest, exist_ok=True)
     for name in HEAD_FILES:  # the files a head folder holds (a state has no pytorch_model.bin)
         if not os.path.isfile(os.path.join(state, name)):
@@ -388,6 +406,8 @@ a head trained on the paper's data budget (68k conversations, 20 epochs) would a
 
 Measured speculative decoding: {tau_text}
 """
+    if notes:
+        card += "\n" + notes
     with open(os.path.join(dest, "README.md"), "w") as f:
         f.write(card)
     print("wrote", ship_log(cpdirs, dest))

@@ -91,6 +91,9 @@ def test_package_head_continues_a_shipped_head(workspace, features):  # noqa: F8
     train(workspace, features, run / "jakiro", "--num-epochs", "1", "--seed", "3")
     package.main([*common, "--dest", str(first), "--command", "CMD"])
     assert "**12 conversations," in (first / "README.md").read_text()  # counted from the samples
+    notes = "## Notes\n\nHand-written history of the first run.\n"  # kept by every later packaging
+    with open(first / "README.md", "a") as f:
+        f.write("\n" + notes)
     tau_file = run / "tau.json"
     settings = {"questions": 80, "max_new_tokens": 128, "total_token": 12, "depth": 4, "top_k": 4, "no_plain": True}
     tau_file.write_text(json.dumps({"settings": settings, "heads": {"jakiro": {"tau": 1.5}}}))
@@ -115,6 +118,11 @@ def test_package_head_continues_a_shipped_head(workspace, features):  # noqa: F8
         + ["--tau-file", str(tau_file), "--command", "CMD2"]
     )
     card = (second / "README.md").read_text()
+    assert card.endswith("\n\n" + notes) and card.count("## Notes") == 1  # from the continued head's card
+    assert package.kept_notes([str(second), str(first)]) == notes  # the card being rewritten comes first
+    (second / "README.md").write_text(card.replace("history of the first run", "history of both runs"))
+    assert "both runs" in package.kept_notes([str(second), str(first)])
+    assert package.kept_notes([str(cpdir)]) == ""  # a run folder has no card
     assert sorted(os.listdir(second / "training_log")) == ["0", "1"]
     assert "1 + 1 = 2 epochs" in card and "seeds 3 / 4" in card
     assert "cut at 384 tokens" in card and "cut at 2048 tokens" in (first / "README.md").read_text()  # args.json's
