@@ -145,6 +145,8 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--split-from", "/nonexistent/run"], "no such file or folder"),
         (["--replay", "1"], "--replay needs --split-from"),
         (["--replay", "-0.5", "--split-from", "."], "--replay must be >= 0"),
+        (["--replay-new", "file"], "--replay-new only applies with --replay"),
+        (["--replay", "1", "--split-from", ".", "--replay-new", "name"], "invalid choice: 'name'"),
         (["--ttt-length", "0"], "--ttt-length must be >= 1"),
         (["--ttt-decay", "0"], "--ttt-decay must be > 0"),
         (["--max-steps", "-1"], "--max-steps must be >= 0"),
@@ -498,6 +500,22 @@ def test_a_head_continued_on_grown_data_keeps_its_held_out_split_and_logs_its_st
     capsys.readouterr()  # resumed, it keeps its sample
     train(workspace, grown, replayed, *common, "--replay", "0.5", "--seed", "4", "--resume")
     assert "9 training conversations" in capsys.readouterr().out and read_split(replayed) == sample
+
+    # self-distilled replies to three trained conversations (here: copies in regen/): new samples of known ones,
+    # which only --replay-new file trains on, with as many (--replay 1) of the first run's files replayed
+    distilled = workspace / "features-distilled"
+    shutil.copytree(features, distilled)
+    for name in recorded["train"][:3]:
+        (distilled / "regen" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(distilled / name, distilled / "regen" / name)
+    with pytest.raises(ValueError, match="--replay-new file"):
+        train(workspace, distilled, workspace / "split-distilled", *common, "--replay", "1")
+    by_file = workspace / "split-distilled-files"
+    train(workspace, distilled, by_file, *common, "--replay", "1", "--replay-new", "file")
+    mix = read_split(by_file)
+    regen = {os.path.join("regen", name) for name in recorded["train"][:3]}
+    assert regen <= set(mix["train"]) and len(mix["train"]) == 6 and mix["test"] == recorded["test"]
+    assert "training on the new files plus 1x as many earlier ones" in capsys.readouterr().out
     files = split(sample_files(str(grown)), 0.2, recorded, str(grown))[0]
     assert [os.path.relpath(f, grown) for f in replay_sample(files, recorded, 0.5, 4, str(grown))] == sample["train"]
     assert len(replay_sample(files, recorded, 0.0, 4, str(grown))) == 6  # no replay: the new files only
@@ -539,6 +557,10 @@ def test_a_split_follows_conversations_into_another_folder_layout(tmp_path):
     # --replay counts 5 and 8 as earlier conversations: the 2 new ones plus half as many (1) of them
     replayed = [os.path.relpath(f, tmp_path) for f in replay_sample(train_files, previous, 0.5, 0, str(tmp_path))]
     assert len(replayed) == 3 and {"0/data_9.safetensors", "1/data_11.safetensors"} <= set(replayed)
+    # with new="file" every training file the split does not name is new (the names differ from its own here)
+    assert replay_sample(train_files, previous, 0.5, 0, str(tmp_path), new="file") == train_files
+    with pytest.raises(ValueError, match="new must be one of"):
+        replay_sample(train_files, previous, 0.5, 0, str(tmp_path), new="folder")
     # a conversation trained on under one name and held out under another stays on the training side elsewhere
     both = {"train": ["0/data_7.safetensors"], "test": ["regen/0/data_7.safetensors"]}
     train_files, test_files = split([str(tmp_path / "1/data_7.safetensors")] + files[:1], 0.5, both, str(tmp_path))

@@ -78,26 +78,48 @@ def earlier_names(previous: dict[str, list[str]], train: list[str], test: list[s
     return {key: names for key, names in absent.items() if names}
 
 
-def replay_sample(
-    train_files: list[str], previous: dict[str, list[str]], ratio: float, seed: int, root: str = ""
-) -> list[str]:
-    """Continual training with replay: the training files ``previous`` does not name, plus ``ratio`` times as
-    many of those it trained on (a sample drawn with ``seed``), in ``train_files``' order.
+REPLAY_NEW = ("conversation", "file")  # what --replay counts as new: see replay_sample
 
-    A head continued on grown data then spends its steps mostly on conversations it has not seen, while the
-    replayed ones keep it from forgetting the earlier data (names relative to ``root``; conversations recognised
-    in any folder, as in :func:`split`). ``ValueError`` when no training file is new.
+
+def replay_sample(
+    train_files: list[str],
+    previous: dict[str, list[str]],
+    ratio: float,
+    seed: int,
+    root: str = "",
+    new: str = "conversation",
+) -> list[str]:
+    """Continual training with replay: the new training files, plus ``ratio`` times as many of those ``previous``
+    trained on (a sample drawn with ``seed``), in ``train_files``' order.
+
+    A head continued on grown data then spends its steps mostly on samples it has not seen, while the replayed
+    ones keep it from forgetting the earlier data (names relative to ``root``). What is new: with ``new=
+    "conversation"`` a file recording a conversation ``previous`` did not train on (conversations recognised in any
+    folder, as in :func:`split`: features recorded again elsewhere are the same sample); with ``new="file"`` a file
+    ``previous`` does not name (self-distilled replies to conversations it trained on are new samples), and only
+    files it names are replayed. ``ValueError`` when no training file is new.
     """
-    earlier = {conversation(name) for name in trained_on(previous)}
-    old = [f for f in train_files if conversation(os.path.relpath(f, root)) in earlier]
-    if train_files and len(old) == len(train_files):
-        raise ValueError(
-            f"--replay: all {len(train_files)} training files record conversations the earlier split already "
-            "trained on (a conversation is its data_<position> name, whatever folder holds it: self-distilled "
-            "replies to such conversations count as the same ones), so none is new and a replay sample has nothing "
-            "to join; leave out --replay and put the files to replay into the data folder yourself"
+    if new not in REPLAY_NEW:
+        raise ValueError(f"replay_sample: new must be one of {REPLAY_NEW}, got {new!r}")
+    if new == "conversation":
+        earlier = {conversation(name) for name in trained_on(previous)}
+        old = [f for f in train_files if conversation(os.path.relpath(f, root)) in earlier]
+    else:
+        earlier = trained_on(previous)
+        old = [f for f in train_files if os.path.relpath(f, root) in earlier]
+    fresh = len(train_files) - len(old)
+    if train_files and not fresh:
+        hint = (
+            "a conversation is its data_<position> name, whatever folder holds it: for self-distilled replies to "
+            "such conversations pass --replay-new file"
+            if new == "conversation"
+            else "every training file is named in the earlier split"
         )
-    count = min(len(old), round(ratio * (len(train_files) - len(old))))
+        raise ValueError(
+            f"--replay: all {len(train_files)} training files record samples the earlier split already trained on "
+            f"({hint}), so none is new and a replay sample has nothing to join"
+        )
+    count = min(len(old), round(ratio * fresh))
     generator = torch.Generator().manual_seed(seed)
     dropped = set(old) - {old[i] for i in torch.randperm(len(old), generator=generator)[:count].tolist()}
     return [f for f in train_files if f not in dropped]
