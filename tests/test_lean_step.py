@@ -218,7 +218,7 @@ def test_compiled_decoding_does_not_recompile_mid_answer():
 
 def test_bench_profile_times_the_forwards_alone_between_prompts(tmp_path, monkeypatch):
     """--profile times the step's forwards alone after every prompt (a drift in machine speed over a long run hits
-    the decoding and the alone timings alike) and reports their medians beside the step."""
+    the decoding and the alone timings alike) and reports their means beside the step."""
     from jakiro.evaluation import bench
 
     contexts = []
@@ -240,17 +240,25 @@ def test_bench_profile_times_the_forwards_alone_between_prompts(tmp_path, monkey
     )
 
 
-def test_median_alone_takes_each_timing_over_the_prompts():
-    from jakiro.evaluation.bench import median_alone
+def test_mean_alone_takes_each_timing_over_the_prompts():
+    from jakiro.evaluation.bench import mean_alone
 
     samples = [
         {"jakiro": {"context": 90, "base_forward_ms": ms, "draft_call_ms": None, "one_token_ms": 2 * ms}}
-        for ms in (5.0, 1.0, 3.0)
+        for ms in (5.0, 1.0, 6.0)
     ]
-    assert median_alone(samples) == {
-        "jakiro": {"context": 90, "base_forward_ms": 3.0, "draft_call_ms": None, "one_token_ms": 6.0}
+    assert mean_alone(samples) == {
+        "jakiro": {
+            "context": 90,
+            "base_forward_ms": 4.0,
+            "base_forward_ms_median": 5.0,
+            "draft_call_ms": None,
+            "draft_call_ms_median": None,
+            "one_token_ms": 8.0,
+            "one_token_ms_median": 10.0,
+        }
     }
-    assert median_alone([]) == {}
+    assert mean_alone([]) == {}
 
 
 def test_a_paused_step_timer_does_not_charge_the_watched_forwards():

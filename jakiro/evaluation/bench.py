@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> dict:
         for name, timer in timers.items():
             tallies[temperature][name].profile = timer.per_step_ms()
     bar.close()
-    alone = median_alone(alone_samples)
+    alone = mean_alone(alone_samples)
     result = summarise(args, tallies, weight_bytes, bandwidth, device, alone)
     if "jakiro-tuned" in speculative:
         result["tuned_tree"] = speculative["jakiro-tuned"].describe_tree()
@@ -390,20 +390,19 @@ def forwards_alone(speculative: dict, context: int, repeats: int = 5) -> dict:
     return alone
 
 
-def median_alone(samples: list[dict]) -> dict:
-    """Per method, the median over ``samples`` (one ``forwards_alone`` after each prompt) of every timing."""
+def mean_alone(samples: list[dict]) -> dict:
+    """Per method, the mean over ``samples`` (one ``forwards_alone`` after each prompt) of every timing, and its
+    median as ``<timing>_median``. The mean is the statistic of the step's phases (time over steps, slow outliers
+    included), so the step is compared with its forwards alike."""
     merged = {}
     for name in samples[0] if samples else ():
         rows = [sample[name] for sample in samples]
-        merged[name] = {
-            key: rows[0][key] if key == "context" else _median_or_none([row[key] for row in rows]) for key in rows[0]
-        }
+        merged[name] = {"context": rows[0]["context"]}
+        for key in (key for key in rows[0] if key != "context"):
+            present = sorted(row[key] for row in rows if row[key] is not None)
+            merged[name][key] = round(sum(present) / len(present), 2) if present else None
+            merged[name][key + "_median"] = round(present[len(present) // 2], 2) if present else None
     return merged
-
-
-def _median_or_none(values: list) -> float | None:
-    present = sorted(v for v in values if v is not None)
-    return round(present[len(present) // 2], 2) if present else None
 
 
 def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.device, alone=None) -> dict:
@@ -539,7 +538,7 @@ def profile_markdown(profiles: list[dict]) -> str:
     lines = [
         "Step profile (ms per step; draft = head forwards + the rest of drafting; overhead = all but the base "
         "and draft-head forwards; alone = the same forwards timed in isolation at the mean context after every "
-        "prompt, median; above alone = "
+        "prompt, mean; above alone = "
         "the step against the base forward plus the draft call timed alone)",
         "",
         "| method | T | step | draft: head fwd | draft: rest | mask | base fwd | accept | commit | overhead | "
