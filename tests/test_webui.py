@@ -222,12 +222,16 @@ def test_stop_and_parallel_sessions(url):
 
 
 def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float) -> re.Match:
-    """The first line of ``process``'s stdout that matches ``pattern``, within ``timeout`` seconds."""
+    """The first line of ``process``'s stdout that matches ``pattern``, within ``timeout`` seconds.
+
+    ``process.stdout`` must be unbuffered bytes (``bufsize=0``, no ``text``): a buffered reader reads ahead, and a
+    line already in its buffer is one ``select`` never reports (the server's last lines arriving in one chunk then
+    went unread until the timeout)."""
     deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         if not select.select([process.stdout], [], [], 0.2)[0]:
             continue
-        line = process.stdout.readline()
+        line = process.stdout.readline().decode(errors="replace")
         if not line:
             break
         seen.append(line)
@@ -256,7 +260,7 @@ def test_command_line_serves_the_embedded_model():
         [sys.executable, "-m", "jakiro.application.webui", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,
         env=env,
     )
     try:
