@@ -73,16 +73,25 @@ def describe_data(args: argparse.Namespace, original: tuple[int, int, int, int],
     return text
 
 
+def read_card(folder: str) -> str | None:
+    """The text of ``folder``'s model card (``README.md``), None when it has none (a run folder)."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
 def earlier_data(head_folders: list[str]) -> list[str]:
     """The data bullets of the cards of the head folders a run continued, each labelled with the runs it covers
     ("* Data of runs 1-12: ..."): a continuation's own data may be a part of what the head saw before."""
     bullets = []
     for folder in head_folders:
-        card = os.path.join(folder, "README.md")
-        if not os.path.isfile(card):
+        card = read_card(folder)
+        if card is None:
             continue
         runs = len(log_runs(folder))
-        for bullet in re.findall(r"^\* Data[^\n]*(?:\n  [^\n]*)*", open(card).read(), flags=re.M):
+        for bullet in re.findall(r"^\* Data[^\n]*(?:\n  [^\n]*)*", card, flags=re.M):
             label = "* Data: "
             covered = "run 1" if runs == 1 else f"runs 1-{runs}"
             bullets.append(f"* Data of {covered}: " + bullet[len(label) :] if bullet.startswith(label) else bullet)
@@ -96,10 +105,8 @@ def kept_notes(head_folders: list[str]) -> str:
     """The hand-written ``## Notes`` section of the first of ``head_folders`` whose card has one (the folder being
     rewritten, then the heads it continued, newest first), heading included; "" when none has."""
     for folder in head_folders:
-        card = os.path.join(folder, "README.md")
-        if not os.path.isfile(card):
-            continue
-        found = re.search(rf"^{re.escape(NOTES)}\s*$.*", open(card).read(), flags=re.M | re.S)
+        card = read_card(folder)
+        found = card and re.search(rf"^{re.escape(NOTES)}\s*$.*", card, flags=re.M | re.S)
         if found:
             return found.group(0).rstrip() + "\n"
     return ""
