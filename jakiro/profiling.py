@@ -1,10 +1,11 @@
 """Where a decoding step's time goes: a wall-clock split into named phases.
 
 ``EaModel.set_step_timer(StepTimer(device))`` makes the speculative loop call ``lap(phase)`` after
-each part of a step (drafting, mask building, the base forward, acceptance, committing); the
-timer adds the time since the previous lap to that phase. ``watch_forwards`` also times every
-forward of a module (the draft head) as its own phase, so drafting splits into head forwards and
-the rest. On CUDA every reading synchronises the device first, which costs time: profile in a
+each part of a step (drafting, mask building, the base forward, acceptance, committing, then the
+caller's handling of the new tokens); the timer adds the time since the previous lap to that phase,
+so the laps add up to the step (the prefill before the first step is no step). ``watch_forwards``
+also times every forward of a module (the draft head) as its own phase, nested in a lap phase, so
+drafting splits into head forwards and the rest. On CUDA every reading synchronises the device first, which costs time: profile in a
 separate run from the one whose speed you report (``python -m jakiro.evaluation.bench --profile``).
 """
 
@@ -27,6 +28,7 @@ class StepTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.steps = 0
+        self.nested: set[str] = set()  # phases timed inside a lap phase (``watch_forwards``)
         self._paused = False
         self._last = time.perf_counter()
 
@@ -50,6 +52,7 @@ class StepTimer:
     def watch_forwards(self, module: nn.Module, phase: str) -> list:
         """Time every forward of ``module`` as ``phase``; returns the hook handles (``.remove()`` them)."""
         started: list[float | None] = []
+        self.nested.add(phase)
 
         def before(*_):
             started.append(None if self._paused else self._now())
@@ -74,6 +77,11 @@ class StepTimer:
     def per_step_ms(self) -> dict[str, float]:
         """Milliseconds per step spent in each phase."""
         return {phase: 1000 * s / max(self.steps, 1) for phase, s in self.seconds.items()}
+
+    def step_ms(self) -> float:
+        """Milliseconds per step, start to the last lap: the lap phases added up (nested phases are inside them)."""
+        laps = sum(s for phase, s in self.seconds.items() if phase not in self.nested)
+        return 1000 * laps / max(self.steps, 1)
 
     def reset(self) -> None:
         self.seconds.clear()

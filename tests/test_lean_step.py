@@ -1,5 +1,7 @@
 """The lean decoding step: the decoder's features and our own LM head, the fast projection, compilation."""
 
+import time
+
 import pytest
 import torch
 
@@ -76,23 +78,30 @@ def test_step_timer_splits_every_step_into_its_phases():
     model = tiny_ea_model("llama", "sdpa", moe=True, total_token=10, depth=3, top_k=3, eos=None)
     timer = StepTimer()
     model.set_step_timer(timer)
-    timer.watch_forwards(model.ea_layer, "draft_head_forward")
-    timer.watch_forwards(model.ea_layer.logits_head, "draft_head_forward")
+    hooks = timer.watch_forwards(model.ea_layer, "draft_head_forward")
+    hooks += timer.watch_forwards(model.ea_layer.logits_head, "draft_head_forward")
+    start = time.perf_counter()
     _, new, idx = model.eagenerate(prompt(5), max_new_tokens=30, log=True)
+    seconds = time.perf_counter() - start
     steps = idx + 1
     assert timer.steps == steps
-    for phase in ("draft", "mask", "base_forward", "accept", "commit"):
+    for phase in ("draft", "mask", "base_forward", "accept", "commit", "caller"):
         assert timer.counts[phase] == steps
     # per draft: the first forward, one level forward, the penultimate one (its contrastive branch gives the
     # last level), and an LM head for each of them
     assert timer.counts["draft_head_forward"] == steps * 3 * 2
     assert timer.seconds["draft_head_forward"] < timer.seconds["draft"]
+    tally = Tally(tokens=new, forwards=steps + 1, steps=steps, seconds=seconds)
+    tally.profile, tally.step_ms = timer.per_step_ms(), timer.step_ms()
     model.set_step_timer(None)
+    for hook in hooks:
+        hook.remove()
     model.eagenerate(prompt(5), max_new_tokens=30)
-    assert timer.steps == steps  # detached: nothing more recorded
-    tally = Tally(tokens=new, forwards=steps + 1, steps=steps, seconds=sum(timer.seconds.values()))
-    tally.profile = timer.per_step_ms()
+    assert timer.steps == steps and timer.counts["draft_head_forward"] == steps * 3 * 2  # detached
+    laps = sum(timer.seconds[p] for p in ("draft", "mask", "base_forward", "accept", "commit", "caller"))
+    assert timer.step_ms() == pytest.approx(1000 * laps / steps)  # the head's forwards are inside "draft"
     row = step_profile("jakiro", 0.0, tally, {"base_forward_ms": 1.0, "draft_call_ms": 1.0, "one_token_ms": 1.0})
+    assert row["step_ms"] == round(timer.step_ms(), 2) < row["wall_per_step_ms"]
     assert 0 <= row["overhead_share"] < 1
     assert row["above_alone"] == pytest.approx(row["step_ms"] / 2.0 - 1, abs=5e-3)  # alone: 1 + 1 ms (both rounded)
     assert "| jakiro | 0 |" in profile_markdown([row]) and f"| {row['above_alone']:+.0%} |" in profile_markdown([row])
@@ -235,6 +244,7 @@ def test_bench_profile_times_the_forwards_alone_between_prompts(tmp_path, monkey
     assert len(contexts) == 2 and contexts[0] == contexts[1] > 6  # once per prompt, at the mean context
     (row,) = [p for p in result["profile"] if p["method"] == "jakiro"]
     assert all(row["alone"][key] > 0 for key in ("base_forward_ms", "draft_call_ms", "one_token_ms"))
+    assert 0 < row["step_ms"] < row["wall_per_step_ms"]  # the prefills are in the wall time only
     assert row["above_alone"] == pytest.approx(
         row["step_ms"] / (row["alone"]["base_forward_ms"] + row["alone"]["draft_call_ms"]) - 1, abs=5e-3
     )

@@ -52,6 +52,7 @@ class Tally:
     peak_extra_mb: float = 0.0
     outputs: list = field(default_factory=list)
     profile: dict = field(default_factory=dict)
+    step_ms: float | None = None  # a speculative step start to end as its timer measured it (no prefill)
 
 
 class PeakMemory:
@@ -347,6 +348,7 @@ def run(args: argparse.Namespace) -> dict:
                     alone_samples.append(forwards_alone(speculative, alone_context, repeats=1))
         for name, timer in timers.items():
             tallies[temperature][name].profile = timer.per_step_ms()
+            tallies[temperature][name].step_ms = timer.step_ms()
     bar.close()
     alone = mean_alone(alone_samples)
     result = summarise(args, tallies, weight_bytes, bandwidth, device, alone)
@@ -454,9 +456,12 @@ def summarise(args, tallies, weight_bytes: int, bandwidth: float, device: torch.
 
 def step_profile(name: str, temperature: float, t: Tally, alone: dict | None) -> dict:
     """One method's step split (ms per step) and the loop's own overhead: everything outside the base
-    model's forward and the draft head's forwards."""
+    model's forward and the draft head's forwards. A speculative step is what its timer measured from the step's
+    start to its last lap (the prefill and first token before the first step are no step's); ``wall_per_step_ms``
+    spreads the whole time, prefill included, over the steps. ``generate``'s step is its time per forward."""
     steps = max(t.steps, 1)
-    step_ms = 1000 * t.seconds / (t.forwards if name == "generate" else steps)
+    wall_per_step_ms = 1000 * t.seconds / (t.forwards if name == "generate" else steps)
+    step_ms = t.step_ms if name != "generate" and t.step_ms else wall_per_step_ms
     phases = {k: round(v, 2) for k, v in t.profile.items()}
     forwards_ms = phases.get("base_forward", step_ms if name == "generate" else 0.0) + phases.get(
         "draft_head_forward", 0.0
@@ -468,6 +473,7 @@ def step_profile(name: str, temperature: float, t: Tally, alone: dict | None) ->
         "method": name,
         "temperature": temperature,
         "step_ms": round(step_ms, 2),
+        "wall_per_step_ms": round(wall_per_step_ms, 2),
         "phases_ms": phases,
         "overhead_share": round(1 - forwards_ms / step_ms, 3) if name != "generate" else None,
         # the step against its base forward and draft call timed alone (caches warm, nothing in between)
@@ -536,14 +542,15 @@ def markdown(result: dict) -> str:
 def profile_markdown(profiles: list[dict]) -> str:
     """The step-split table: ms per step in each phase, the loop's overhead, the forwards timed alone."""
     lines = [
-        "Step profile (ms per step; draft = head forwards + the rest of drafting; overhead = all but the base "
-        "and draft-head forwards; alone = the same forwards timed in isolation at the mean context after every "
-        "prompt, mean; above alone = "
-        "the step against the base forward plus the draft call timed alone)",
+        "Step profile (ms per step; step = a step's start to its end, the caller's handling of its tokens "
+        "included; with prefill = the whole time over the steps, the prompt's prefill and first token included "
+        "(generate: per forward); draft = head forwards + the rest of drafting; overhead = all of a step but "
+        "the base and draft-head forwards; alone = the same forwards timed in isolation at the mean context after "
+        "every prompt, mean; above alone = the step against the base forward plus the draft call timed alone)",
         "",
-        "| method | T | step | draft: head fwd | draft: rest | mask | base fwd | accept | commit | overhead | "
-        "alone: base fwd | alone: draft call | alone: 1-token fwd | above alone |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | T | step | with prefill | draft: head fwd | draft: rest | mask | base fwd | accept | commit | "
+        "caller | overhead | alone: base fwd | alone: draft call | alone: 1-token fwd | above alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in profiles:
         ph = p["phases_ms"]
@@ -556,9 +563,10 @@ def profile_markdown(profiles: list[dict]) -> str:
 
         share, above = p["overhead_share"], p.get("above_alone")
         lines.append(
-            f"| {p['method']} | {p['temperature']:g} | {p['step_ms']:.1f} | {cell(ph.get('draft_head_forward'))} | "
-            f"{cell(rest)} | {cell(ph.get('mask'))} | {cell(ph.get('base_forward'))} | {cell(ph.get('accept'))} | "
-            f"{cell(ph.get('commit'))} | {'–' if share is None else f'{share:.0%}'} | "
+            f"| {p['method']} | {p['temperature']:g} | {p['step_ms']:.1f} | {cell(p.get('wall_per_step_ms'))} | "
+            f"{cell(ph.get('draft_head_forward'))} | {cell(rest)} | {cell(ph.get('mask'))} | "
+            f"{cell(ph.get('base_forward'))} | {cell(ph.get('accept'))} | {cell(ph.get('commit'))} | "
+            f"{cell(ph.get('caller'))} | {'–' if share is None else f'{share:.0%}'} | "
             f"{cell(alone.get('base_forward_ms'))} | {cell(alone.get('draft_call_ms'))} | "
             f"{cell(alone.get('one_token_ms'))} | "
             f"{'–' if above is None else f'{above:+.0%}'} |"

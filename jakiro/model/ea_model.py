@@ -572,6 +572,7 @@ class EaModel(nn.Module):
             features = hidden[path_index.to(hidden.device)]
             timer.lap("commit")
             yield ids, ids.shape[1] - prompt_len, steps - 1
+            timer.lap("caller")  # the caller's handling of the step's tokens (streaming), until it asks for more
 
     @torch.no_grad()
     def _naive(self, ids: torch.Tensor, settings: SamplingSettings):
