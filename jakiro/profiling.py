@@ -5,8 +5,9 @@ each part of a step (drafting, mask building, the base forward, acceptance, comm
 caller's handling of the new tokens); the timer adds the time since the previous lap to that phase,
 so the laps add up to the step (the prefill before the first step is no step). ``watch_forwards``
 also times every forward of a module (the draft head) as its own phase, nested in a lap phase, so
-drafting splits into head forwards and the rest. On CUDA every reading synchronises the device first, which costs time: profile in a
-separate run from the one whose speed you report (``python -m jakiro.evaluation.bench --profile``).
+drafting splits into head forwards and the rest. On CUDA every reading synchronises the device
+first, which costs time: profile in a separate run from the one whose speed you report
+(``python -m jakiro.evaluation.bench --profile``).
 """
 
 from __future__ import annotations
