@@ -24,6 +24,11 @@
 #   REGENERATE_FROM=K does so only for the conversations from position K of the shuffle on (their features
 #   go to RUN/data/regen/, the earlier ones keep their original replies): a stage growing N past K adds
 #   self-distilled conversations to the original ones (the default STAGES: K=11500; "none" turns it off).
+#   A stage's FLAGS may hold --self-distil=START-END: SmolLM2's own greedy replies for shuffle positions START to
+#   END-1 are recorded into RUN/data/self-distilled-START-END before the stage trains, new samples even where earlier
+#   stages (or the INIT_FROM head) trained on those conversations with their original replies; with REPLAY the
+#   stage trains on them plus REPLAY times as many earlier files (--replay-new-folder). Continuing the shipped heads
+#   on self-distilled replies is then one command (docs/training_plan.md).
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
 #   WARM_START=1 starts each head from SmolLM2's last decoder layer; INIT_FROM=DIR from an existing
 #   head folder (one per ARCH: INIT_FROM=DIR is used for every arch, so give one ARCH with it).
@@ -73,9 +78,26 @@ EVAL_STEPS=${EVAL_STEPS:-500}
 DECIMAL='[0-9]+(\.[0-9]+)?'  # REPLAY and TEST
 LR_VALUE="$DECIMAL([eE]-?[0-9]+)?"  # LR may be written 5e-4
 FLAG='--[a-z][a-z0-9-]*(=[A-Za-z0-9._/+-]+)?'  # one item of FLAGS
+self_distil_range() {  # the START-END of a stage's --self-distil flag, or nothing
+  grep -o -- '--self-distil=[^,]*' <<< "$1" | cut -d= -f2 || true
+}
 for STAGE in $STAGES; do
   [[ "$STAGE" =~ ^[0-9]+:[1-9][0-9]*(:([0-9]+)?(:($DECIMAL)?(:($LR_VALUE)?(:($DECIMAL)?(:($FLAG(,$FLAG)*)?)?)?)?)?)?$ ]] \
       || { echo "STAGES: '$STAGE' is not N:EPOCHS[:SEED[:REPLAY[:LR[:TEST[:FLAGS]]]]]" >&2; exit 2; }
+  RANGE=$(self_distil_range "$STAGE")
+  if [ -n "$RANGE" ]; then
+    [[ "$RANGE" =~ ^([0-9]+)-([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -lt "${BASH_REMATCH[2]}" ] \
+        || { echo "STAGES: --self-distil=$RANGE in '$STAGE' is not START-END with START < END" >&2; exit 2; }
+    if [ "$REGENERATE" = 1 ]; then
+      echo "STAGES: --self-distil in '$STAGE': REGENERATE=1 already self-distils every conversation" >&2
+      exit 2
+    fi
+    if [ "$REGENERATE_FROM" != none ] && [ "${BASH_REMATCH[2]}" -gt "$REGENERATE_FROM" ]; then
+      echo "STAGES: --self-distil=$RANGE in '$STAGE' reaches REGENERATE_FROM=$REGENERATE_FROM," \
+          "from which the recipe self-distils conversations already" >&2
+      exit 2
+    fi
+  fi
 done
 IFS=: read -r _ _ _ FIRST_REPLAY _ <<< "${STAGES%% *}"  # checked now, before any features are recorded
 if [ -n "$FIRST_REPLAY" ] && [ -z "$SPLIT_FROM" ]; then
@@ -117,7 +139,11 @@ for STAGE in $STAGES; do
   [ -n "$STAGE_REPLAY" ] && STAGE_FLAGS+=(--replay "$STAGE_REPLAY")
   [ -n "$STAGE_LR" ] && STAGE_FLAGS+=(--lr "$STAGE_LR")
   [ -n "$STAGE_TEST" ] && STAGE_FLAGS+=(--test-fraction "$STAGE_TEST")
-  [ -n "$STAGE_EXTRA" ] && { IFS=, read -r -a MORE <<< "$STAGE_EXTRA"; STAGE_FLAGS+=("${MORE[@]}"); }
+  DISTIL=$(self_distil_range "$STAGE_EXTRA")
+  if [ -n "$STAGE_EXTRA" ]; then  # train.main's flags (--self-distil is this script's)
+    IFS=, read -r -a MORE <<< "$STAGE_EXTRA"
+    for ITEM in "${MORE[@]}"; do [[ "$ITEM" == --self-distil=* ]] || STAGE_FLAGS+=("$ITEM"); done
+  fi
   echo "stage $STAGE_NUMBER: features for conversations 0-$((STAGE_N - 1)), then $STAGE_EPOCHS epoch(s), seed $STAGE_SEED, lr ${STAGE_LR:-$LR}" \
       "$([ -n "$STAGE_REPLAY" ] && echo "over the new conversations and ${STAGE_REPLAY}x as many earlier ones" || echo "over all")" \
       "${STAGE_EXTRA:+with ${STAGE_EXTRA//,/ }}"
@@ -132,6 +158,14 @@ for STAGE in $STAGES; do
     $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/regen" --template chat_template --start "$ORIGINAL_END" \
         --end "$STAGE_N" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${TAPS[@]}" \
         "${SELF_DISTIL[@]}"
+  fi
+  if [ -n "$DISTIL" ]; then
+    echo "conversations ${DISTIL%-*}-$((${DISTIL#*-} - 1)) again with SmolLM2's own greedy replies (--self-distil):" \
+        "new samples of known conversations"
+    $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/self-distilled-$DISTIL" --template chat_template \
+        --start "${DISTIL%-*}" --end "${DISTIL#*-}" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" \
+        --dtype "$FEATURE_DTYPE" "${TAPS[@]}" "${SELF_DISTIL[@]}"
+    [ -n "$STAGE_REPLAY" ] && STAGE_FLAGS+=(--replay-new-folder "self-distilled-$DISTIL")
   fi
   if [ -n "$LAYERS" ]; then  # samples of earlier stages, recorded without them
     echo "outputs of base layers '$LAYERS' added to every sample (the stage's --feature-layers)"

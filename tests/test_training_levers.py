@@ -147,6 +147,8 @@ def test_bad_lever_flags_are_rejected(capsys):
         (["--replay", "-0.5", "--split-from", "."], "--replay must be >= 0"),
         (["--replay-new", "file"], "--replay-new only applies with --replay"),
         (["--replay", "1", "--split-from", ".", "--replay-new", "name"], "invalid choice: 'name'"),
+        (["--replay-new-folder", "regen"], "--replay-new-folder only applies with --replay"),
+        (["--replay", "1", "--split-from", ".", "--replay-new-folder", "nowhere"], "no such folder under --tmpdir d"),
         (["--ttt-length", "0"], "--ttt-length must be >= 1"),
         (["--ttt-decay", "0"], "--ttt-decay must be > 0"),
         (["--max-steps", "-1"], "--max-steps must be >= 0"),
@@ -561,6 +563,16 @@ def test_a_split_follows_conversations_into_another_folder_layout(tmp_path):
     assert replay_sample(train_files, previous, 0.5, 0, str(tmp_path), new="file") == train_files
     with pytest.raises(ValueError, match="new must be one of"):
         replay_sample(train_files, previous, 0.5, 0, str(tmp_path), new="folder")
+    # with new_folder the files under it are new (self-distilled replies to data_5, trained on as 1/data_5); the
+    # others follow new="conversation" under whatever names: 0/data_5 and 0/data_8 stay earlier ones, data_9 is new
+    mixed = [str(tmp_path / f"{name}.safetensors") for name in ("0/data_5", "sd/0/data_5", "0/data_8", "0/data_9")]
+    replayed = [
+        os.path.relpath(f, tmp_path) for f in replay_sample(mixed, previous, 0.5, 0, str(tmp_path), new_folder="sd")
+    ]
+    assert len(replayed) == 3 and {"sd/0/data_5.safetensors", "0/data_9.safetensors"} <= set(replayed)
+    assert len(replay_sample(mixed, previous, 0.5, 0, str(tmp_path))) == 1  # without it, data_9 alone is new
+    with pytest.raises(ValueError, match="--replay-new-folder regen: no training file under it"):
+        replay_sample(mixed, previous, 0.5, 0, str(tmp_path), new_folder="regen")
     # a conversation trained on under one name and held out under another stays on the training side elsewhere
     both = {"train": ["0/data_7.safetensors"], "test": ["regen/0/data_7.safetensors"]}
     train_files, test_files = split([str(tmp_path / "1/data_7.safetensors")] + files[:1], 0.5, both, str(tmp_path))
@@ -676,6 +688,36 @@ def test_the_recipe_self_distils_the_conversations_from_regenerate_from_on(works
     assert bad.returncode == 2 and "REGENERATE_FROM: 'half' is not a position or none" in bad.stderr
     bad = run_recipe(workspace, run, "4:1", archs="jakiro", REGENERATE_FROM="2", REGENERATE="1")
     assert bad.returncode == 2 and "leave REGENERATE_FROM unset" in bad.stderr
+
+
+def test_a_recipe_stage_self_distils_conversations_an_earlier_stage_trained_on(workspace, tokenizer):  # noqa: F811
+    run = workspace / "recipe-self-distil"
+    done = run_recipe(workspace, run, "6:1 6:1:3:1:::--self-distil=0-6", archs="jakiro", REPLY_TOKENS="8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "conversations 0-5 again with SmolLM2's own greedy replies (--self-distil)" in done.stdout
+    distilled = sorted(p.name for p in (run / "data" / "self-distilled-0-6" / "0").glob("*.safetensors"))
+    first, second = read_split(run / "jakiro"), read_split(run / "jakiro-2")
+    assert distilled and {name.split("/")[-1] for name in first["train"] + first["test"]} >= set(distilled)
+    fresh = {f"self-distilled-0-6/0/{name}" for name in distilled}
+    held = {name.split("/")[-1] for name in first["test"]}  # a held-out conversation's new reply stays held out
+    assert set(second["test"]) - set(first["test"]) == {name for name in fresh if name.split("/")[-1] in held}
+    trained = fresh - set(second["test"])
+    replayed = set(second["train"]) - trained  # as many (REPLAY 1) of stage 1's training files
+    assert trained and trained <= set(second["train"]) and replayed <= set(first["train"])
+    assert len(replayed) == min(len(trained), len(first["train"]))
+    assert json.loads((run / "jakiro-2" / "args.json").read_text())["replay_new_folder"] == "self-distilled-0-6"
+    for name in distilled:  # the first exchange with the model's own reply, where stage 1 learned ShareGPT's two
+        sample = load_file(run / "data" / "self-distilled-0-6" / "0" / name)
+        assert learned_runs(sample["loss_mask"]) == 1
+        assert "The answer is" not in tokenizer.decode(sample["input_ids"][sample["loss_mask"].bool()])
+
+    for stages, extra, message in (
+        ("4:1:0::::--self-distil=4-2", {}, "--self-distil=4-2 in '4:1:0::::--self-distil=4-2' is not START-END"),
+        ("4:1:0::::--self-distil=0-4", {"REGENERATE": "1"}, "REGENERATE=1 already self-distils every conversation"),
+        ("8:1:0::::--self-distil=0-6", {"REGENERATE_FROM": "4"}, "reaches REGENERATE_FROM=4"),
+    ):
+        bad = run_recipe(workspace, run, stages, archs="jakiro", **extra)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
 
 
 def test_a_head_continued_on_other_data_keeps_drafting_the_tokens_its_earlier_data_ranked(workspace, features):  # noqa: F811

@@ -88,6 +88,7 @@ def replay_sample(
     seed: int,
     root: str = "",
     new: str = "conversation",
+    new_folder: str | None = None,
 ) -> list[str]:
     """Continual training with replay: the new training files, plus ``ratio`` times as many of those ``previous``
     trained on (a sample drawn with ``seed``), in ``train_files``' order.
@@ -97,16 +98,24 @@ def replay_sample(
     "conversation"`` a file recording a conversation ``previous`` did not train on (conversations recognised in any
     folder, as in :func:`split`: features recorded again elsewhere are the same sample); with ``new="file"`` a file
     ``previous`` does not name (self-distilled replies to conversations it trained on are new samples), and only
-    files it names are replayed. ``ValueError`` when no training file is new.
+    files it names are replayed. Files under ``new_folder`` (relative to ``root``) are new either way: self-distilled
+    replies to conversations ``previous`` trained on, recorded into a folder of their own, while the conversations'
+    other files, under whatever names, stay earlier ones. ``ValueError`` when no training file is new.
     """
     if new not in REPLAY_NEW:
         raise ValueError(f"replay_sample: new must be one of {REPLAY_NEW}, got {new!r}")
+    names = {f: os.path.relpath(f, root) for f in train_files}
+    if new_folder is not None:
+        inside = os.path.normpath(new_folder) + os.sep
+        if not any(name.startswith(inside) for name in names.values()):
+            raise ValueError(f"--replay-new-folder {new_folder}: no training file under it (in {root or '.'})")
+        names = {f: name for f, name in names.items() if not name.startswith(inside)}
     if new == "conversation":
         earlier = {conversation(name) for name in trained_on(previous)}
-        old = [f for f in train_files if conversation(os.path.relpath(f, root)) in earlier]
+        old = [f for f, name in names.items() if conversation(name) in earlier]
     else:
         earlier = trained_on(previous)
-        old = [f for f in train_files if os.path.relpath(f, root) in earlier]
+        old = [f for f, name in names.items() if name in earlier]
     fresh = len(train_files) - len(old)
     if train_files and not fresh:
         hint = (

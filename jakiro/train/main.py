@@ -19,9 +19,10 @@ tokens), ``--mixed-precision auto`` (bf16 only where the hardware has native bf1
 existing head), ``--ttt-length N`` (also train on the head's own predictions N-1 steps deep, as it drafts),
 ``--eval-steps N`` (held-out metrics every N optimizer steps: a learning curve;
 ``--eval-first`` adds step 0), ``--split-from CKPT`` (keep an earlier run's held-out files held out when the data
-grows; ``--replay R`` trains on the new files plus R times as many earlier ones; ``--replay-new file`` counts
-self-distilled replies to conversations the earlier head trained on as new), ``--time-budget``
-(prints the steps and tokens that fit, measured on a few steps, before training) and ``--expert-width N`` /
+grows; ``--replay R`` trains on the new files plus R times as many earlier ones; ``--replay-new file`` or
+``--replay-new-folder F`` counts self-distilled replies to conversations the earlier head trained on as new),
+``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training) and
+``--expert-width N`` /
 ``--num-layers N`` (the head's shape; an ``--init-from`` head is grown to it function-preservingly).
 """
 
@@ -204,6 +205,14 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         "(self-distilled replies to conversations it trained on are new samples; only named files are replayed)",
     )
     p.add_argument(
+        "--replay-new-folder",
+        default=None,
+        metavar="FOLDER",
+        help="with --replay: every file under FOLDER (relative to --tmpdir) is new too, e.g. self-distilled replies "
+        "to conversations that run trained on, recorded into a folder of their own; the other files follow "
+        "--replay-new (the recipe's --self-distil stages pass it)",
+    )
+    p.add_argument(
         "--time-budget",
         type=float,
         default=0,
@@ -233,6 +242,10 @@ def parse_args(argv=None, default_arch: str = "jakiro") -> argparse.Namespace:
         p.error(f"--replay must be >= 0 (0: the new conversations only), got {args.replay}")
     if args.replay_new != "conversation" and args.replay is None:
         p.error("--replay-new only applies with --replay")
+    if args.replay_new_folder is not None and args.replay is None:
+        p.error("--replay-new-folder only applies with --replay")
+    if args.replay_new_folder is not None and not os.path.isdir(os.path.join(args.tmpdir, args.replay_new_folder)):
+        p.error(f"--replay-new-folder {args.replay_new_folder}: no such folder under --tmpdir {args.tmpdir}")
     check_shape_flags(p, args)
     if args.num_layers is not None and args.warm_start_layer is not None and args.num_layers != 1:
         p.error("--warm-start-layer starts a one-layer head: leave --num-layers at 1")
@@ -687,8 +700,11 @@ def choose_split(args: argparse.Namespace) -> tuple[list[str], list[str], dict[s
         kept = len(set(previous["test"]) & {os.path.relpath(f, args.tmpdir) for f in test_files})
         note = f" ({kept} kept from {args.split_from}, the rest new)"
         if args.replay is not None:
-            train_files = replay_sample(train_files, previous, args.replay, args.seed, args.tmpdir, args.replay_new)
-            note += f"; training on the new {args.replay_new}s plus {args.replay:g}x as many earlier ones"
+            train_files = replay_sample(
+                train_files, previous, args.replay, args.seed, args.tmpdir, args.replay_new, args.replay_new_folder
+            )
+            fresh = f" and the files under {args.replay_new_folder}" if args.replay_new_folder else ""
+            note += f"; training on the new {args.replay_new}s{fresh} plus {args.replay:g}x as many earlier ones"
         return train_files, test_files, earlier_names(previous, train_files, test_files, args.tmpdir), note
     return *split(files, args.test_fraction), {}, ""
 
