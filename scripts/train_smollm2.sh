@@ -28,7 +28,7 @@
 #   END-1 are recorded into RUN/data/self-distilled-START-END before the stage trains, new samples even where earlier
 #   stages (or the INIT_FROM head) trained on those conversations with their original replies; with REPLAY the
 #   stage trains on them plus REPLAY times as many earlier files (--replay-new-folder). Continuing the shipped heads
-#   on self-distilled replies is then one command (docs/training_plan.md).
+#   on self-distilled replies is then one command (README, Training).
 #   DRAFT_VOCAB=K trains the token loss over the K most frequent learned tokens (0: full vocabulary).
 #   WARM_START=1 starts each head from SmolLM2's last decoder layer; INIT_FROM=DIR from an existing
 #   head folder (one per ARCH: INIT_FROM=DIR is used for every arch, so give one ARCH with it).
@@ -129,6 +129,10 @@ train() {  # CPDIR EPOCHS SEED [extra flags]
       --bs 4 --lr "$LR" --max-len "$MAX_LEN" --mixed-precision auto --save-steps 50 --save-dtype float16 --resume \
       "${TRAIN[@]}" "${@:4}"
 }
+self_distil() {  # OUTDIR START END: features of SmolLM2's own replies to those conversations (the stage's taps too)
+  $PY -m jakiro.ge_data.allocation --outdir "$1" --template chat_template --start "$2" --end "$3" --workers 1 \
+      "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${TAPS[@]}" "${SELF_DISTIL[@]}"
+}
 STAGE_NUMBER=0
 PREVIOUS_EPOCHS=0
 for STAGE in $STAGES; do
@@ -155,16 +159,12 @@ for STAGE in $STAGES; do
       --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${TAPS[@]}" "${EXTRA[@]}"
   if [ "$ORIGINAL_END" -lt "$STAGE_N" ]; then
     echo "conversations $ORIGINAL_END-$((STAGE_N - 1)) with SmolLM2's own greedy replies (REGENERATE_FROM)"
-    $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/regen" --template chat_template --start "$ORIGINAL_END" \
-        --end "$STAGE_N" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" --dtype "$FEATURE_DTYPE" "${TAPS[@]}" \
-        "${SELF_DISTIL[@]}"
+    self_distil "$RUN/data/regen" "$ORIGINAL_END" "$STAGE_N"
   fi
   if [ -n "$DISTIL" ]; then
     echo "conversations ${DISTIL%-*}-$((${DISTIL#*-} - 1)) again with SmolLM2's own greedy replies (--self-distil):" \
         "new samples of known conversations"
-    $PY -m jakiro.ge_data.allocation --outdir "$RUN/data/self-distilled-$DISTIL" --template chat_template \
-        --start "${DISTIL%-*}" --end "${DISTIL#*-}" --workers 1 "${FEATURES[@]}" -- --max-len "$MAX_LEN" \
-        --dtype "$FEATURE_DTYPE" "${TAPS[@]}" "${SELF_DISTIL[@]}"
+    self_distil "$RUN/data/self-distilled-$DISTIL" "${DISTIL%-*}" "${DISTIL#*-}"
     [ -n "$STAGE_REPLAY" ] && STAGE_FLAGS+=(--replay-new-folder "self-distilled-$DISTIL")
   fi
   if [ -n "$LAYERS" ]; then  # samples of earlier stages, recorded without them

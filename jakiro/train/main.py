@@ -22,8 +22,7 @@ existing head), ``--ttt-length N`` (also train on the head's own predictions N-1
 grows; ``--replay R`` trains on the new files plus R times as many earlier ones; ``--replay-new file`` or
 ``--replay-new-folder F`` counts self-distilled replies to conversations the earlier head trained on as new),
 ``--time-budget`` (prints the steps and tokens that fit, measured on a few steps, before training) and
-``--expert-width N`` /
-``--num-layers N`` (the head's shape; an ``--init-from`` head is grown to it function-preservingly).
+``--expert-width N`` / ``--num-layers N`` (the head's shape; an ``--init-from`` head is grown to it function-preservingly).
 """
 
 from __future__ import annotations
